@@ -1,0 +1,36 @@
+"""`zerolm pretrain`: masked-LM or causal-LM pretraining from a YAML config."""
+
+from __future__ import annotations
+
+from zerolm.cli.main import add_verb
+
+
+def register(sub) -> None:
+    p = add_verb(sub, "pretrain", "pretrain a model with self-supervision (causal LM or masked LM)",
+                 "zerolm pretrain configs/char_gpt_shakespeare.yaml train.max_steps=500 out_dir=runs/shakes\n"
+                 "  torchrun --standalone --nproc_per_node 2 -m zerolm.cli.main pretrain configs/tiny_gpt.yaml")
+    p.add_argument("config", help="YAML run config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as train.max_steps=100")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from the newest checkpoint in out_dir (or the one given)")
+    p.add_argument("--init", metavar="MODEL_DIR", help="start from these weights instead of random ones")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from zerolm.config import load_config
+    from zerolm.train import dist
+    from zerolm.train.pretrain import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    result = pretrain(cfg, resume=args.resume, init=args.init)
+    if dist.is_main():
+        ev = ", ".join(f"{k} {v:.4f}" for k, v in result.final_eval.items() if isinstance(v, float))
+        print(f"trained {result.step} steps in {result.wall_s:.1f} s ({result.tokens:,} tokens)"
+              + (" - stopped early" if result.stopped_early else ""))
+        if ev:
+            print(f"validation: {ev}")
+        print(f"model: {result.out_dir / 'final'}   metrics: {result.out_dir / 'metrics.jsonl'}   "
+              f"loss curve: {result.out_dir / 'loss.png'}")
+    dist.teardown()
+    return 0

@@ -1,0 +1,148 @@
+"""Reading text corpora: plain or gzipped UTF-8 files, with errors that name the file."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from zerolm.errors import DataError
+
+_CHUNK = 1 << 20
+
+
+def data_root() -> Path:
+    """Where relative data paths in configs resolve: $ZEROLM_DATA, else ../shared/data
+    beside the repository (or the working directory), else the working directory."""
+    env = os.environ.get("ZEROLM_DATA")
+    if env:
+        return Path(env).expanduser()
+    here = Path(__file__).resolve()
+    for base in [Path.cwd(), *here.parents]:
+        cand = base.parent / "shared" / "data"
+        if cand.is_dir():
+            return cand
+    return Path.cwd()
+
+
+def resolve_data_path(path: str | os.PathLike, root: Path | None = None) -> Path:
+    """Absolute paths and paths that exist from the working directory stay as they are;
+    other relative paths resolve against the data root. `pkg:` names a file shipped
+    inside zerolm (for example `pkg:quickstart/corpus.txt`)."""
+    s = str(path)
+    if s.startswith("pkg:"):
+        return Path(__file__).resolve().parent.parent / "resources" / s[4:]
+    p = Path(s).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return (root or data_root()) / p
+
+
+def open_text(path: str | os.PathLike):
+    """Open a UTF-8 text file, transparently gunzipping `*.gz`."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: file not found (relative data paths resolve against "
+                        f"$ZEROLM_DATA = {data_root()})")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory, expected a text file")
+    if p.suffix == ".gz":
+        return gzip.open(p, "rt", encoding="utf-8", newline="")
+    return open(p, encoding="utf-8", newline="")
+
+
+def _open_binary(p: Path):
+    if not p.exists():
+        raise DataError(f"{p}: file not found (relative data paths resolve against "
+                        f"$ZEROLM_DATA = {data_root()})")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory, expected a text file")
+    return gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")
+
+
+def iter_lines(path: str | os.PathLike, *, keep_ends: bool = False) -> Iterator[tuple[int, str]]:
+    """Yield (line_number, line) from a UTF-8 text file (1-based). A file that is not
+    UTF-8 or holds no non-blank text raises DataError naming the file and line."""
+    p = Path(path)
+    lineno = 0
+    any_text = False
+    with _open_binary(p) as fh:
+        try:
+            for lineno, raw in enumerate(fh, start=1):  # noqa: B007
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{p}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line: "
+                                    f"{raw[e.start:e.start + 1]!r}); convert the file to UTF-8") from None
+                if not keep_ends:
+                    line = line.rstrip("\r\n")
+                if not any_text and line.strip():
+                    any_text = True
+                yield lineno, line
+        except (OSError, EOFError) as e:
+            raise DataError(f"{p}:{lineno + 1}: cannot read ({e})") from None
+    if not any_text:
+        raise DataError(f"{p}: the file is empty (no non-blank text)")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole file as one string (used for character-level corpora)."""
+    return "".join(line for _, line in iter_lines(path, keep_ends=True))
+
+
+def iter_texts(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
+    """Non-blank lines of every file, in order (for tokenizer training)."""
+    for path in paths:
+        for _, line in iter_lines(path):
+            if line.strip():
+                yield line
+
+
+def iter_records(path: str | os.PathLike, *, text_column: str = "text",
+                 keep_ends: bool = False) -> Iterator[tuple[int, str]]:
+    """(line_number, text) of a corpus file. Plain text gives its lines; a table
+    (`.tsv`, `.csv`, `.jsonl`, optionally `.gz`) gives the `text_column` of each row, so
+    labelled datasets double as pretraining text."""
+    p = Path(path)
+    name = p.name[:-3] if p.name.endswith(".gz") else p.name
+    suffix = Path(name).suffix.lower()
+    end = "\n" if keep_ends else ""
+    if suffix == ".tsv":
+        lines = iter_lines(p)
+        _, header = next(lines)
+        cols = header.split("\t")
+        if text_column not in cols:
+            raise DataError(f"{p}:1: no column {text_column!r} in the header {cols}")
+        ci = cols.index(text_column)
+        for lineno, line in lines:
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != len(cols):
+                raise DataError(f"{p}:{lineno}: expected {len(cols)} tab-separated fields, found {len(parts)}")
+            yield lineno, parts[ci] + end
+    elif suffix == ".csv":
+        import csv
+
+        with open_text(p) as fh:
+            reader = csv.DictReader(fh)
+            if text_column not in (reader.fieldnames or []):
+                raise DataError(f"{p}:1: no column {text_column!r} in the header {reader.fieldnames}")
+            for row in reader:
+                yield reader.line_num, (row[text_column] or "") + end
+    elif suffix == ".jsonl":
+        import json
+
+        for lineno, line in iter_lines(p):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or text_column not in obj:
+                raise DataError(f"{p}:{lineno}: no field {text_column!r}")
+            yield lineno, str(obj[text_column]) + end
+    else:
+        yield from iter_lines(p, keep_ends=keep_ends)

@@ -1,0 +1,121 @@
+"""Self-supervised pretraining from a RunConfig: tokenizer, corpus, model, the loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from zerolm.config import RunConfig, dump_config
+from zerolm.data.corpus import load_corpus
+from zerolm.data.lm import CausalLMBatches, MaskedLMBatches
+from zerolm.data.text import resolve_data_path
+from zerolm.errors import ConfigError
+from zerolm.models import build_model
+from zerolm.tasks import CausalLMTask, MaskedLMTask
+from zerolm.tokenizers import Tokenizer
+from zerolm.train import dist
+from zerolm.train.checkpoint import load_weights
+from zerolm.train.loop import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+def prepare_tokenizer(cfg: RunConfig) -> Tokenizer:
+    """Load `tokenizer.path`, or the run's own tokenizer, or train one (rank 0) and save it."""
+    tc = cfg.tokenizer
+    if tc.path:
+        return Tokenizer.load(resolve_data_path(tc.path))
+    own = Path(cfg.out_dir) / "tokenizer"
+    if dist.is_main() and not (own / "tokenizer.json").exists():
+        files = tc.files or cfg.data.train
+        text_files = _text_view(files, Path(cfg.out_dir))
+        size = "" if tc.kind == "char" else f" (vocab {tc.vocab_size})"
+        log.info("training a %s tokenizer%s on %s", tc.kind, size, ", ".join(files))
+        tok = Tokenizer.train(tc.kind, text_files, tc.vocab_size, min_frequency=tc.min_frequency,
+                              lowercase=tc.lowercase)
+        tok.save(own)
+    dist.barrier()
+    return Tokenizer.load(own)
+
+
+def _text_view(files: list[str], out_dir: Path) -> list[Path]:
+    """Tokenizers train on plain text: tables (.tsv/.csv/.jsonl) contribute their text column."""
+    from zerolm.data.text import iter_records
+
+    out = []
+    for f in files:
+        p = resolve_data_path(f)
+        if any(s in p.name for s in (".tsv", ".csv", ".jsonl")):
+            dst = out_dir / "tokenizer-text" / (p.name.split(".")[0] + "-" + p.parent.name + ".txt")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with open(dst, "w", encoding="utf-8") as fh:
+                for _, text in iter_records(p):
+                    fh.write(text + "\n")
+            out.append(dst)
+        else:
+            out.append(p)
+    return out
+
+
+def build_batches(cfg: RunConfig, tok: Tokenizer):
+    """(train batches, val batches) for the configured objective."""
+    d, t = cfg.data, cfg.task
+    keep_ends = tok.kind != "wordpiece"
+    if dist.is_main():
+        corpus = load_corpus(d.train, tok, keep_line_ends=keep_ends, cache_dir=d.cache_dir)
+    dist.barrier()
+    corpus = load_corpus(d.train, tok, keep_line_ends=keep_ends, cache_dir=d.cache_dir)
+    if d.val:
+        val = load_corpus(d.val, tok, keep_line_ends=keep_ends, cache_dir=d.cache_dir)
+        train = corpus
+    elif t.name == "clm":
+        flat = corpus.flat()
+        cut = int((1 - d.val_fraction) * len(flat))  # nanoGPT: first 90% train, last 10% val
+        bs, tr = d.block_size, cfg.train
+        return (CausalLMBatches(flat[:cut], bs, tr.batch_size, tr.seed),
+                CausalLMBatches(flat[cut:], bs, tr.batch_size, tr.seed))
+    else:
+        train, val = corpus.split_lines(d.val_fraction)
+    tr = cfg.train
+    if t.name == "clm":
+        return (CausalLMBatches(train.flat(), d.block_size, tr.batch_size, tr.seed),
+                CausalLMBatches(val.flat(), d.block_size, tr.batch_size, tr.seed))
+    mk = lambda c: MaskedLMBatches(c, tok, t, d.block_size, tr.batch_size, tr.seed,  # noqa: E731
+                                   whole_word=t.whole_word_mask)
+    return mk(train), mk(val)
+
+
+def pretrain(cfg: RunConfig, *, resume: bool | str = False, init: str | None = None,
+             callbacks: list | None = None) -> TrainResult:
+    """Run (or resume) pretraining as configured; returns the loop's result."""
+    device = dist.setup(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    tok = prepare_tokenizer(cfg)
+    if cfg.model.vocab_size != tok.vocab_size or cfg.model.pad_id != (tok.pad_id or 0):
+        log.info("model.vocab_size set to the tokenizer's %d", tok.vocab_size)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, vocab_size=tok.vocab_size, pad_id=tok.pad_id or 0))
+    if cfg.task.name == "mlm" and tok.mask_id is None:
+        raise ConfigError("task.name 'mlm' needs a tokenizer with a [MASK] token (tokenizer.kind: wordpiece)")
+    train_data, val_data = build_batches(cfg, tok)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    if init:
+        load_weights(model, Path(init) / "model.safetensors")
+    task = CausalLMTask() if cfg.task.name == "clm" else MaskedLMTask()
+    trainer = Trainer(model, task, train_data, val_data=val_data, train=cfg.train, optim=cfg.optim,
+                      schedule=cfg.schedule, out_dir=cfg.out_dir, config_text=dump_config(cfg),
+                      tokenizer=tok, device=device)
+    trainer.callbacks.extend(callbacks or [])
+    if resume:
+        found = trainer.resume(None if resume is True else resume)
+        if not found:
+            log.info("no checkpoint in %s: starting from scratch", trainer.checkpoint_dir)
+    n = sum(p.numel() for p in model.parameters())
+    log.info("%s model: %s parameters, %d layers, d_model %d, vocab %d", cfg.model.family, f"{n:,}",
+             cfg.model.n_layers, cfg.model.d_model, cfg.model.vocab_size)
+    return trainer.fit()

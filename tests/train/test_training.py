@@ -1,0 +1,125 @@
+"""The one loop: resume is exact, DDP equals accumulation, errors are clear."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zerolm.config import load_config
+from zerolm.errors import ConfigError, TrainingError
+from zerolm.train.pretrain import pretrain
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CHAR = REPO / "configs" / "tiny" / "gpt_char.yaml"
+
+
+def _cfg(tmp_path, name, *overrides):
+    return load_config(TINY_CHAR, [f"out_dir={tmp_path / name}", *overrides])
+
+
+def _losses(out_dir: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    common = ["model.dropout=0.1", "model.attn_dropout=0.1", "train.max_steps=12",
+              "train.save_every=100", "train.eval_every=0", "train.log_every=1"]
+    full = pretrain(_cfg(tmp_path, "full", *common))
+
+    def stop_at_5(trainer, step, row):
+        if step == 5:
+            trainer.request_stop()
+
+    part_cfg = _cfg(tmp_path, "part", *common)
+    first = pretrain(part_cfg, callbacks=[stop_at_5])
+    assert first.step == 5
+    assert (tmp_path / "part" / "checkpoints" / "step-00000005").is_dir()
+    resumed = pretrain(part_cfg, resume=True)
+    assert resumed.step == 12
+    a = load_file(full.out_dir / "final" / "model.safetensors")
+    b = load_file(resumed.out_dir / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    assert _losses(full.out_dir) == _losses(resumed.out_dir)
+
+
+def test_checkpoint_files_are_safetensors_and_json(tmp_path):
+    res = pretrain(_cfg(tmp_path, "ck", "train.max_steps=4", "train.save_every=2"))
+    ck = sorted((res.out_dir / "checkpoints").iterdir())
+    assert [p.name for p in ck] == ["step-00000002", "step-00000004"]
+    names = {p.name for p in ck[-1].iterdir()}
+    assert {"model.safetensors", "optimizer.safetensors", "trainer_state.json", "model_config.json",
+            "config.yaml", "tokenizer"} <= names
+    assert (res.out_dir / "loss.png").stat().st_size > 1000
+    assert not list(res.out_dir.glob("**/*.pt")) and not list(res.out_dir.glob("**/*.bin"))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path, "nan", "train.max_steps=6", "train.save_every=2", "train.eval_every=0")
+
+    def poison(trainer, step, row):
+        if step == 3:
+            with torch.no_grad():
+                trainer.model.tok_emb.weight[0, 0] = float("nan")
+                trainer.model.tok_emb.weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match=r"loss is nan at step 4.*step-00000002"):
+        pretrain(cfg, callbacks=[poison])
+    good = load_file(tmp_path / "nan" / "checkpoints" / "step-00000002" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in good.values())
+
+
+def test_early_stopping_with_patience(tmp_path):
+    res = pretrain(_cfg(tmp_path, "es", "train.max_steps=40", "train.eval_every=2", "optim.lr=0.0",
+                        "schedule.warmup_steps=0", "train.early_stopping.patience=2"))
+    assert res.stopped_early and res.step == 6  # no improvement possible with lr 0
+    assert (res.out_dir / "best" / "model.safetensors").exists()
+
+
+def test_unknown_config_key_names_the_closest_valid_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  n_layer: 4\ndata:\n  train: [x.txt]\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.n_layer'.*did you mean 'model.n_layers'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"did you mean 'train.batch_size'"):
+        load_config(TINY_CHAR, ["train.batchsize=3"])
+    with pytest.raises(ConfigError, match=r"train.max_steps: expected an integer"):
+        load_config(TINY_CHAR, ["train.max_steps=many"])
+
+
+def test_empty_corpus_fails_naming_the_file(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    cfg = _cfg(tmp_path, "e", f"data.train=[{empty}]")
+    from zerolm.errors import DataError
+
+    with pytest.raises(DataError, match=r"empty\.txt"):
+        pretrain(cfg)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path):
+    common = ["train.max_steps=8", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
+              "train.threads=1"]
+    single = pretrain(_cfg(tmp_path, "single", *common, "train.grad_accum=2"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "zerolm.cli.main", "pretrain", str(TINY_CHAR), f"out_dir={tmp_path / 'ddp'}",
+           *common, "train.grad_accum=1"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _losses(single.out_dir), _losses(tmp_path / "ddp")
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 9))
+    assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-5
