@@ -1,65 +1,88 @@
-"""`zerolm tokenizer`: train a tokenizer on text files, or inspect one."""
+"""`zerolm tokenizer`: train a tokenizer on text files, or show how one splits a text."""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 from zerolm.cli.main import add_verb
+
+TRAIN_EXAMPLE = ("zerolm tokenizer train --kind bpe --files tinyshakespeare/input.txt "
+                 "--vocab-size 2000 --out runs/bpe-tok")
+ENCODE_EXAMPLE = 'zerolm tokenizer encode runs/bpe-tok --text "To be, or not to be"'
 
 
 def register(sub) -> None:
-    p = add_verb(sub, "tokenizer", "train or inspect a tokenizer (WordPiece, byte-level BPE, char)",
-                 "zerolm tokenizer train --kind wordpiece --files sst2/train.tsv --vocab-size 8000 --out runs/wp")
-    tsub = p.add_subparsers(dest="action", metavar="ACTION")
-    tsub.required = True
-    tr = tsub.add_parser("train", help="train a tokenizer on text files",
-                         epilog="example:\n  zerolm tokenizer train --kind bpe --files "
-                                "tinyshakespeare/input.txt --vocab-size 2000 --out runs/bpe",
-                         formatter_class=p.formatter_class)
-    tr.add_argument("--kind", choices=["wordpiece", "bpe", "char"], required=True)
-    tr.add_argument("--files", nargs="+", required=True,
-                    help="text files (plain, .gz, or a table's text column); relative to $ZEROLM_DATA")
-    tr.add_argument("--vocab-size", type=int, default=8000, help="target size (ignored by char)")
-    tr.add_argument("--min-frequency", type=int, default=2)
-    tr.add_argument("--lowercase", action="store_true", default=None)
-    tr.add_argument("--no-lowercase", dest="lowercase", action="store_false")
-    tr.add_argument("--out", required=True, help="output directory")
+    """Add `zerolm tokenizer {train,encode}` to the `zerolm` subparsers."""
+    p = add_verb(sub, "tokenizer", "train a tokenizer (WordPiece, byte-level BPE, char) or inspect one",
+                 f"{TRAIN_EXAMPLE}\n  {ENCODE_EXAMPLE}")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+
+    tr = add_verb(actions, "train", "train a tokenizer on text files and save it", TRAIN_EXAMPLE)
+    tr.add_argument("--kind", choices=["wordpiece", "bpe", "char"], required=True,
+                    help="wordpiece: BERT; bpe: GPT-2 byte-level BPE; char: one token per character")
+    tr.add_argument("--files", nargs="+", required=True, metavar="FILE",
+                    help="UTF-8 text files (plain or .gz; the text column of .tsv/.csv/.jsonl); "
+                         "relative paths also resolve against $ZEROLM_DATA")
+    tr.add_argument("--vocab-size", type=int, metavar="N",
+                    help="target vocabulary size, special tokens included (needed for wordpiece "
+                         "and bpe; char takes every character seen)")
+    tr.add_argument("--min-frequency", type=int, default=2, metavar="N",
+                    help="a word piece or merge must occur this often (default: 2)")
+    tr.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
+                    help="lower-case text first (default: yes for wordpiece, no for bpe and char)")
+    tr.add_argument("--out", required=True, metavar="DIR", help="directory to write the tokenizer to")
     tr.set_defaults(func=run_train)
-    enc = tsub.add_parser("encode", help="show the tokens and ids of a text",
-                          epilog='example:\n  zerolm tokenizer encode runs/bpe --text "To be, or not"',
-                          formatter_class=p.formatter_class)
-    enc.add_argument("path", help="tokenizer directory (or a model directory with tokenizer/)")
-    enc.add_argument("--text", required=True)
+
+    enc = add_verb(actions, "encode", "show the tokens and ids a tokenizer gives a text", ENCODE_EXAMPLE)
+    enc.add_argument("path", metavar="DIR",
+                     help="tokenizer directory (or a checkpoint directory with a tokenizer/ inside)")
+    enc.add_argument("--text", required=True, help="the text to encode")
+    enc.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
+                     help="do not add [CLS]/[SEP] (wordpiece)")
     enc.set_defaults(func=run_encode)
 
 
-def run_train(args) -> int:
-    from pathlib import Path
-
-    from zerolm.data.text import iter_texts
+def run_train(args: argparse.Namespace) -> int:
+    """Train, save, and print a summary with a sample encoding."""
+    from zerolm.data.text import iter_records, resolve_data_path
+    from zerolm.errors import ConfigError
     from zerolm.tokenizers import Tokenizer
-    from zerolm.train.pretrain import _text_view
 
+    if args.vocab_size is None and args.kind != "char":
+        raise ConfigError(f"--vocab-size is needed for --kind {args.kind} (for example --vocab-size 8000)")
+    files = [resolve_data_path(f) for f in args.files]
     out = Path(args.out)
-    files = _text_view(args.files, out)
-    tok = Tokenizer.train(args.kind, files, args.vocab_size, min_frequency=args.min_frequency,
-                          lowercase=args.lowercase, show_progress=False)
+    tok = Tokenizer.train(args.kind, files, args.vocab_size or 0, min_frequency=args.min_frequency,
+                          lowercase=args.lowercase)
     tok.save(out)
-    first = next(iter_texts(files), "")[:80]
+    first = next((t for _, t in iter_records(files[0]) if t.strip()), "")[:100]
     ids = tok.encode(first)
-    print(f"trained {tok.kind} tokenizer: {tok.vocab_size} tokens, lowercase={tok.lowercase}")
-    print(f"files:  {', '.join(map(str, files))}")
-    print(f"saved:  {out}")
-    print(f"sample: {first!r}\n     -> {[tok.id_to_token(i) for i in ids][:30]}")
+    print(f"kind:       {tok.kind} (lowercase={tok.lowercase})")
+    print(f"vocab size: {tok.vocab_size}")
+    print(f"files:      {', '.join(map(str, files))}")
+    print(f"saved to:   {out}")
+    print(f"sample:     {first!r}")
+    print(f"tokens:     {_show_tokens(tok, ids)}")
+    print(f"ids:        {ids[:40]}{' ...' if len(ids) > 40 else ''}")
     return 0
 
 
-def run_encode(args) -> int:
-    from pathlib import Path
-
+def run_encode(args: argparse.Namespace) -> int:
+    """Print the tokens and ids of `--text`."""
     from zerolm.tokenizers import Tokenizer
 
     p = Path(args.path)
     tok = Tokenizer.load(p / "tokenizer" if (p / "tokenizer").is_dir() else p)
-    ids = tok.encode(args.text)
-    print("tokens:", [tok.id_to_token(i) for i in ids])
-    print("ids:   ", ids)
+    ids = tok.encode(args.text, add_special_tokens=args.add_special_tokens)
+    print(f"tokens: {_show_tokens(tok, ids, limit=None)}")
+    print(f"ids:    {ids}")
+    print(f"({len(ids)} tokens, {tok.kind} tokenizer, vocab size {tok.vocab_size})")
     return 0
+
+
+def _show_tokens(tok, ids: list[int], limit: int | None = 40) -> str:
+    shown = [tok.id_to_token(i) for i in (ids if limit is None else ids[:limit])]
+    more = " ..." if limit is not None and len(ids) > limit else ""
+    return f"{shown}{more}"

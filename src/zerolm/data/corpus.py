@@ -107,53 +107,60 @@ def load_corpus(files: list[str], tokenizer, *, keep_line_ends: bool, text_colum
     return TokenCorpus(tokens, np.load(target / "lines.npy"), np.load(target / "docs.npy"))
 
 
+class _TokenWriter:
+    """Appends tokenized lines to tokens.bin and records line / document offsets."""
+
+    def __init__(self, out, tokenizer, dtype):
+        self.out, self.tokenizer, self.dtype = out, tokenizer, dtype
+        self.lines = [0]  # token offset of each line start (then the end)
+        self.docs = [0]  # line index of each document start
+        self.n = 0
+
+    def new_doc(self) -> None:
+        if len(self.lines) - 1 > self.docs[-1]:
+            self.docs.append(len(self.lines) - 1)
+
+    def write(self, texts: list[str], doc_per_text: bool) -> None:
+        if not texts:
+            return
+        ids = self.tokenizer.encode_batch(texts, add_special_tokens=False)["input_ids"]
+        for row in ids:
+            if not row:
+                continue
+            if doc_per_text:
+                self.new_doc()
+            self.out.write(np.asarray(row, dtype=self.dtype).tobytes())
+            self.n += len(row)
+            self.lines.append(self.n)
+        texts.clear()
+
+
 def _build(paths: list[Path], tokenizer, keep_ends: bool, text_column: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
-        lines = [0]
-        docs = [0]
-        n = 0
         with open(tmp / "tokens.bin", "wb") as out:
+            w = _TokenWriter(out, tokenizer, dtype)
             for path in paths:
                 log.info("tokenizing %s", path)
-                if len(lines) - 1 > docs[-1]:
-                    docs.append(len(lines) - 1)  # every file starts a document
-                is_table = any(s in path.name for s in (".tsv", ".csv", ".jsonl"))
+                w.new_doc()  # every file starts a document
+                is_table = any(s in path.name for s in (".tsv", ".csv", ".jsonl"))  # a row is a document
                 buf: list[str] = []
-
-                def flush():
-                    nonlocal n
-                    if not buf:
-                        return
-                    ids = tokenizer.encode_batch(buf, add_special_tokens=False)["input_ids"]
-                    for row in ids:
-                        if row:
-                            if is_table and len(lines) - 1 > docs[-1]:
-                                docs.append(len(lines) - 1)  # each row of a table is a document
-                            out.write(np.asarray(row, dtype=dtype).tobytes())
-                            n += len(row)
-                            lines.append(n)
-                    buf.clear()
-
                 for _, text in iter_records(path, text_column=text_column, keep_ends=keep_ends):
                     if not text.strip():
                         # a blank line ends a document; for causal LMs its "\n" is still text
-                        flush()
+                        w.write(buf, is_table)
                         if keep_ends and text:
-                            buf.append(text)
-                            flush()
-                        if len(lines) - 1 > docs[-1]:
-                            docs.append(len(lines) - 1)
+                            w.write([text], False)
+                        w.new_doc()
                         continue
                     buf.append(text)
                     if len(buf) >= _BATCH_LINES:
-                        flush()
-                flush()
-        if docs[-1] != len(lines) - 1:
-            docs.append(len(lines) - 1)
-        docs = sorted(set(docs))
+                        w.write(buf, is_table)
+                w.write(buf, is_table)
+        lines, n = w.lines, w.n
+        docs = sorted(set(w.docs + [len(lines) - 1]))
         np.save(tmp / "lines.npy", np.asarray(lines, dtype=np.int64))
         np.save(tmp / "docs.npy", np.asarray(docs, dtype=np.int64))
         meta = {"files": [str(p) for p in paths], "n_tokens": n, "n_lines": len(lines) - 1,

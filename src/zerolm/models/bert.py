@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from zerolm.models.config import ModelConfig
-from zerolm.models.layers import FeedForward, MultiHeadAttention, PositionEmbedding, activation_fn, init_weights
+from zerolm.models.layers import (
+    FeedForward,
+    MultiHeadAttention,
+    PositionEmbedding,
+    activation_fn,
+    init_weights,
+)
 
 
 class BertBlock(nn.Module):

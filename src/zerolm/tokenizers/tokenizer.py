@@ -1,8 +1,18 @@
 """Tokenizers: train WordPiece, byte-level BPE or character vocabularies, load existing
 ones (zerolm or Hugging Face files), encode with truncation and dynamic padding, decode.
 
-A thin layer over Hugging Face `tokenizers` (Rust, fast); zerolm adds the special-token
-bookkeeping, padding to tensors and HF-compatible files on disk.
+A thin layer over Hugging Face `tokenizers` (Rust, fast), called the *backend* here.
+zerolm adds the special-token bookkeeping, padding into tensors, and files on disk that
+Hugging Face `transformers` can load too.
+
+The three kinds zerolm trains:
+
+- ``wordpiece``: BERT (lower-cased by default, accents stripped with lower-casing,
+  ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4``, ``[CLS] A [SEP] B [SEP]`` on encode).
+- ``bpe``: GPT-2 byte-level BPE (any text round-trips, ``<|endoftext|>`` is bos, eos
+  and pad; nothing is added on encode).
+- ``char``: one token per character, ids in sorted character order as in nanoGPT, then
+  ``<unk>`` and ``<|endoftext|>``; decoding reproduces the text exactly.
 """
 
 from __future__ import annotations
@@ -11,219 +21,279 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
 
-from zerolm.data.text import iter_lines, iter_texts
+from zerolm.data.text import iter_records
 from zerolm.errors import DataError
 
 log = logging.getLogger(__name__)
 
-BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+KINDS = ("wordpiece", "bpe", "char")
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, as in BERT
 EOT = "<|endoftext|>"
-CHAR_SPECIALS = ["<unk>", EOT]
+CHAR_SPECIALS = ["<unk>", EOT]  # appended after the characters
 
-_FALLBACKS = {
+ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+# token names tried, in order, for each role when the files do not name one
+_FALLBACKS: dict[str, list[str]] = {
     "pad": ["[PAD]", "<pad>"],
     "unk": ["[UNK]", "<unk>"],
     "cls": ["[CLS]", "<s>"],
     "sep": ["[SEP]", "</s>"],
     "mask": ["[MASK]", "<mask>"],
-    "bos": [EOT, "<s>", "[CLS]"],
-    "eos": [EOT, "</s>", "[SEP]"],
+    "bos": [EOT, "<s>"],
+    "eos": [EOT, "</s>"],
 }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+_TOKENIZER_CLASS = {"wordpiece": "BertTokenizerFast", "bpe": "GPT2TokenizerFast"}
+# what transformers writes for "no limit" (int(1e30)); read back as None
+_NO_MAX_LENGTH = 1_000_000_000_000_000_019_884_624_838_656
 
 
 class Tokenizer:
-    """Text <-> token ids. Build with `Tokenizer.train(...)` or `Tokenizer.load(path)`."""
+    """Text <-> token ids. Build with `Tokenizer.train(...)` or `Tokenizer.load(path)`.
+
+    Attributes:
+        backend: the wrapped `tokenizers.Tokenizer`; padding and truncation are always
+            off on it (zerolm pads into tensors itself and truncates per call).
+        kind: "wordpiece", "bpe" (byte-level), "char", or "other" for a loaded
+            tokenizer of another type.
+        lowercase: whether text is lower-cased before tokenization.
+        model_max_length: the longest input the matching model accepts, when known.
+    """
 
     def __init__(self, backend: Backend, kind: str, *, lowercase: bool = False,
-                 model_max_length: int | None = None, special_tokens: dict[str, str] | None = None):
+                 model_max_length: int | None = None,
+                 special_tokens: dict[str, str] | None = None) -> None:
+        """Wrap `backend`. `special_tokens` maps roles ("pad", "eos", ...) to token
+        names; roles it leaves out are found by the usual names ("[PAD]", "<pad>", ...)."""
         backend.no_padding()
         backend.no_truncation()
         self.backend = backend
         self.kind = kind
         self.lowercase = lowercase
         self.model_max_length = model_max_length
+        # the backend's truncation is switched on only for the duration of one call
+        self._lock = threading.Lock()
         vocab = backend.get_vocab(with_added_tokens=True)
-        names = dict(special_tokens or {})
+        names = special_tokens or {}
         self._special_names: dict[str, str] = {}
-        for role, cands in _FALLBACKS.items():
-            for tok in ([names[role]] if names.get(role) else []) + cands:
+        for role in ROLES:
+            wanted = [names[role]] if names.get(role) else []
+            for tok in wanted + _FALLBACKS[role]:
                 if tok in vocab:
                     self._special_names[role] = tok
                     break
         if "pad" not in self._special_names and "eos" in self._special_names:
             self._special_names["pad"] = self._special_names["eos"]  # GPT-2 style: pad with eos
+        self._ids = {role: vocab[tok] for role, tok in self._special_names.items()}
         added = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
-        self.special_ids = frozenset(vocab[t] for t in added | set(self._special_names.values())
-                                     if t in vocab)
+        self.special_ids: frozenset[int] = frozenset(
+            vocab[t] for t in added | set(self._special_names.values()) if t in vocab)
 
     # ---------------------------------------------------------------- training
     @classmethod
     def train(cls, kind: str, files: Iterable[str | os.PathLike], vocab_size: int, *,
               min_frequency: int = 2, lowercase: bool | None = None,
               show_progress: bool = False) -> Tokenizer:
-        files = [Path(f) for f in files]
-        if not files:
-            raise DataError("no training files given for the tokenizer")
+        """Train a tokenizer of `kind` ("wordpiece", "bpe" or "char") on text files.
+
+        Args:
+            kind: which tokenizer (see the module docstring).
+            files: UTF-8 text files, plain or `.gz`; of a table (.tsv, .csv, .jsonl) the
+                "text" column is read. An empty or non-UTF-8 file raises DataError
+                naming it.
+            vocab_size: target vocabulary size, special tokens included (ignored by
+                "char", whose vocabulary is every character seen).
+            min_frequency: a word piece or merge must occur this often to be learnt.
+            lowercase: lower-case text first; None means True for wordpiece (as in
+                uncased BERT) and False for bpe and char.
+            show_progress: show the backend's progress bar.
+
+        BPE and char training are deterministic. WordPiece training in `tokenizers` is
+        not (ties between equally frequent pieces are broken in hash-map order,
+        huggingface/tokenizers#1794): train once and keep the saved files.
+        """
+        paths = [Path(f) for f in files]
+        if not paths:
+            raise DataError(f"no training files given for the {kind} tokenizer")
+        if kind not in KINDS:
+            raise ValueError(f"unknown tokenizer kind {kind!r}: use one of {', '.join(KINDS)}")
+        if kind != "char" and vocab_size < 1:
+            raise ValueError(f"vocab_size must be positive for a {kind} tokenizer, got {vocab_size}")
         if kind == "wordpiece":
             lower = True if lowercase is None else lowercase
-            tok = Backend(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-            tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                        strip_accents=None, lowercase=lower)
-            tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            tok.decoder = decoders.WordPiece(prefix="##")
-            trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                                special_tokens=BERT_SPECIALS,
-                                                continuing_subword_prefix="##",
-                                                show_progress=show_progress)
-            tok.train_from_iterator(iter_texts(files), trainer=trainer)
-            cls._bert_post_processor(tok)
-            return cls(tok, "wordpiece", lowercase=lower)
-        if kind == "bpe":
+            backend = _bert_backend(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##",
+                                                     max_input_chars_per_word=100), lower)
+            trainer = trainers.WordPieceTrainer(
+                vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=BERT_SPECIALS,
+                continuing_subword_prefix="##", show_progress=show_progress)
+            backend.train_from_iterator(_texts(paths, keep_ends=False), trainer=trainer)
+            _add_bert_template(backend)
+        elif kind == "bpe":
             lower = bool(lowercase)
-            tok = Backend(models.BPE())
+            backend = Backend(models.BPE())
             if lower:
-                tok.normalizer = normalizers.Lowercase()
-            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            tok.decoder = decoders.ByteLevel()
-            trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                          special_tokens=[EOT],
-                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                          show_progress=show_progress)
-            # line ends are text for a causal LM: train on whole lines with their "\n"
-            tok.train_from_iterator(_lines_with_ends(files), trainer=trainer)
-            return cls(tok, "bpe", lowercase=lower)
-        if kind == "char":
+                backend.normalizer = normalizers.Lowercase()
+            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            backend.decoder = decoders.ByteLevel()
+            backend.post_processor = processors.ByteLevel(trim_offsets=False)  # as GPT-2's file
+            trainer = trainers.BpeTrainer(
+                vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOT],
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+            # A causal LM reads line ends (its corpus keeps "\n"), so BPE learns from
+            # lines with their ends: merges such as ".\n" then exist.
+            backend.train_from_iterator(_texts(paths, keep_ends=True), trainer=trainer)
+        else:
             lower = bool(lowercase)
-            chars: set[str] = set()
-            for f in files:
-                for _, line in iter_lines(f, keep_ends=True):
-                    chars.update(line.lower() if lower else line)
-            vocab = {c: i for i, c in enumerate(sorted(chars))}
-            for s in CHAR_SPECIALS:
-                vocab[s] = len(vocab)
-            tok = Backend(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-            if lower:
-                tok.normalizer = normalizers.Lowercase()
-            tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-            tok.decoder = decoders.Fuse()
-            tok.add_special_tokens(CHAR_SPECIALS)
-            return cls(tok, "char", lowercase=lower)
-        raise ValueError(f"unknown tokenizer kind {kind!r}: use wordpiece, bpe or char")
-
-    @staticmethod
-    def _bert_post_processor(tok: Backend) -> None:
-        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+            backend = _char_backend(paths, lower)
+        tok = cls(backend, kind, lowercase=lower)
+        log.info("trained a %s tokenizer: %d tokens from %s", kind, tok.vocab_size,
+                 ", ".join(map(str, paths)))
+        return tok
 
     # ------------------------------------------------------------ load / save
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """From a directory (tokenizer.json, or a BERT vocab.txt) or a tokenizer.json file."""
+        """Load a tokenizer written by zerolm or Hugging Face.
+
+        `path` is a directory holding `tokenizer.json` (or, for BERT checkpoints, only a
+        `vocab.txt`), or a `tokenizer.json` or `vocab.txt` file. `tokenizer_config.json` and
+        `special_tokens_map.json` beside it, when present, name the special tokens and
+        give `do_lower_case` and `model_max_length`. Padding and truncation baked into a
+        tokenizer.json are switched off; the truncation length becomes
+        `model_max_length` when the config gives none.
+        """
         p = Path(path)
+        if not p.exists():
+            raise DataError(f"{p}: no such tokenizer file or directory")
         directory = p if p.is_dir() else p.parent
-        tj = p if p.is_file() else p / "tokenizer.json"
-        conf: dict = {}
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            f = directory / name
-            if f.exists():
-                try:
-                    d = json.loads(f.read_text(encoding="utf-8"))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{f}: invalid JSON ({e.msg} at line {e.lineno})") from None
-                conf.update({k: v for k, v in d.items() if k not in conf})
-        specials = {}
-        for role in ("pad", "unk", "cls", "sep", "mask", "bos", "eos"):
-            v = conf.get(f"{role}_token")
-            if isinstance(v, dict):
-                v = v.get("content")
-            if isinstance(v, str):
-                specials[role] = v
+        given_vocab = p.is_file() and p.suffix == ".txt"  # a vocab.txt named directly
+        tj = p / "tokenizer.json" if p.is_dir() else (None if given_vocab else p)
+        conf = _read_configs(directory)
+        specials = {role: name for role in ROLES if (name := _token_name(conf.get(f"{role}_token")))}
         max_len = conf.get("model_max_length")
-        max_len = int(max_len) if isinstance(max_len, (int, float)) and max_len < 1e9 else None
-        if tj.is_file():
+        max_len = int(max_len) if isinstance(max_len, (int, float)) and 0 < max_len < 1e9 else None
+        if tj is not None and tj.is_file():
             try:
-                backend = Backend.from_file(str(tj))
+                raw = json.loads(tj.read_text(encoding="utf-8"))
+                if not isinstance(raw, dict):
+                    raise DataError(f"{tj}: expected a JSON object, found {type(raw).__name__}")
+                backend = Backend.from_str(json.dumps(raw))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DataError(f"{tj}: not a JSON file ({e})") from None
+            except DataError:
+                raise
             except Exception as e:  # the Rust library raises a plain Exception
-                raise DataError(f"{tj}: not a valid tokenizer.json ({e})") from None
-            raw = json.loads(tj.read_text(encoding="utf-8"))
+                raise DataError(f"{tj}: not a tokenizer.json this version of `tokenizers` "
+                                f"can read ({e})") from None
             trunc = raw.get("truncation") or {}
-            if trunc.get("max_length") and max_len is None:
+            if max_len is None and trunc.get("max_length"):
                 max_len = int(trunc["max_length"])
+            if raw.get("padding") or trunc:
+                log.debug("%s: switched off the padding / truncation stored in the file", tj)
             kind = conf.get("zerolm_kind") or _guess_kind(raw)
-            lower = conf.get("do_lower_case")
-            if lower is None:
-                norm = json.dumps(raw.get("normalizer") or {})
-                lower = '"lowercase": true' in norm or '"Lowercase"' in norm
-            return cls(backend, kind, lowercase=bool(lower), model_max_length=max_len, special_tokens=specials)
-        vocab = directory / "vocab.txt"
-        if vocab.is_file():
-            lower = conf.get("do_lower_case", True)
-            backend = Backend(models.WordPiece.from_file(str(vocab), unk_token=specials.get("unk", "[UNK]")))
-            backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                            strip_accents=None, lowercase=bool(lower))
-            backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            backend.decoder = decoders.WordPiece(prefix="##")
-            present = [t for t in BERT_SPECIALS if backend.token_to_id(t) is not None]
-            backend.add_special_tokens(present)
-            if backend.token_to_id("[CLS]") is not None and backend.token_to_id("[SEP]") is not None:
-                cls._bert_post_processor(backend)
-            return cls(backend, "wordpiece", lowercase=bool(lower), model_max_length=max_len,
+            # the normalizer is what happens to text; the config's flag only describes it
+            lower = _lowercases(raw.get("normalizer"))
+            if conf.get("do_lower_case") is not None and bool(conf["do_lower_case"]) != lower:
+                log.warning("%s: do_lower_case=%s in tokenizer_config.json, but the normalizer in "
+                            "tokenizer.json %s; following tokenizer.json", directory,
+                            conf["do_lower_case"], "lower-cases" if lower else "keeps case")
+            return cls(backend, kind, lowercase=lower, model_max_length=max_len,
                        special_tokens=specials)
-        raise DataError(f"{p}: no tokenizer here (expected tokenizer.json or vocab.txt)")
+        vocab = p if given_vocab else directory / "vocab.txt"
+        if vocab.is_file() and (given_vocab or p.is_dir()):
+            lower = bool(conf.get("do_lower_case", True))
+            try:
+                wp = models.WordPiece.from_file(str(vocab), unk_token=specials.get("unk", "[UNK]"))
+            except Exception as e:
+                raise DataError(f"{vocab}: not a WordPiece vocabulary (one token a line): {e}") from None
+            backend = _bert_backend(wp, lower)
+            # as BertTokenizerFast does: specials are never split or lower-cased
+            backend.add_special_tokens([t for t in BERT_SPECIALS if backend.token_to_id(t) is not None])
+            if backend.token_to_id("[CLS]") is not None and backend.token_to_id("[SEP]") is not None:
+                _add_bert_template(backend)
+            return cls(backend, "wordpiece", lowercase=lower, model_max_length=max_len,
+                       special_tokens=specials)
+        raise DataError(f"{p}: no tokenizer here (expected a tokenizer.json, or a directory with "
+                        f"tokenizer.json or a BERT vocab.txt); train one with `zerolm tokenizer train`")
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json` and,
+        for wordpiece, `vocab.txt` into `directory` (each file atomically). Hugging Face
+        `AutoTokenizer.from_pretrained(directory)` loads the result."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         _atomic_write(d / "tokenizer.json", self.backend.to_str(pretty=True))
-        tclass = {"wordpiece": "BertTokenizerFast", "bpe": "GPT2TokenizerFast"}.get(
-            self.kind, "PreTrainedTokenizerFast")
         specials = {f"{role}_token": tok for role, tok in self._special_names.items()}
-        conf = {"tokenizer_class": tclass, "do_lower_case": self.lowercase, "zerolm_kind": self.kind,
-                "model_max_length": self.model_max_length or 1_000_000_000_000_000_019_884_624_838_656,
-                **specials}
-        _atomic_write(d / "tokenizer_config.json", json.dumps(conf, indent=2))
-        _atomic_write(d / "special_tokens_map.json", json.dumps(specials, indent=2))
+        conf: dict[str, Any] = {
+            "tokenizer_class": _TOKENIZER_CLASS.get(self.kind, "PreTrainedTokenizerFast"),
+            "do_lower_case": self.lowercase,
+            "model_max_length": self.model_max_length or _NO_MAX_LENGTH,
+            "clean_up_tokenization_spaces": False,
+            **specials,
+            "zerolm_kind": self.kind,
+        }
+        if self.kind == "bpe":
+            conf["add_prefix_space"] = False
+        _atomic_write(d / "tokenizer_config.json", json.dumps(conf, indent=2, ensure_ascii=False) + "\n")
+        _atomic_write(d / "special_tokens_map.json",
+                      json.dumps(specials, indent=2, ensure_ascii=False) + "\n")
         if self.kind == "wordpiece":
-            vocab = self.backend.get_vocab(with_added_tokens=True)
-            ordered = sorted(vocab.items(), key=lambda kv: kv[1])
+            ordered = sorted(self.backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+            if [i for _, i in ordered] != list(range(len(ordered))):
+                log.warning("%s: the vocabulary ids have gaps; vocab.txt renumbers them", d)
             _atomic_write(d / "vocab.txt", "".join(t + "\n" for t, _ in ordered))
         return d
 
     # --------------------------------------------------------------- queries
     @property
     def vocab_size(self) -> int:
+        """Number of ids, added tokens included (the model's embedding rows)."""
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def __len__(self) -> int:
         return self.vocab_size
 
-    def _id(self, role: str) -> int | None:
-        name = self._special_names.get(role)
-        return None if name is None else self.backend.token_to_id(name)
+    @property
+    def pad_id(self) -> int | None:
+        """Padding id (eos for GPT-2-style tokenizers without a pad token)."""
+        return self._ids.get("pad")
 
-    pad_id = property(lambda self: self._id("pad"))
-    unk_id = property(lambda self: self._id("unk"))
-    cls_id = property(lambda self: self._id("cls"))
-    sep_id = property(lambda self: self._id("sep"))
-    mask_id = property(lambda self: self._id("mask"))
-    bos_id = property(lambda self: self._id("bos"))
-    eos_id = property(lambda self: self._id("eos"))
+    @property
+    def unk_id(self) -> int | None:
+        return self._ids.get("unk")
+
+    @property
+    def cls_id(self) -> int | None:
+        return self._ids.get("cls")
+
+    @property
+    def sep_id(self) -> int | None:
+        return self._ids.get("sep")
+
+    @property
+    def mask_id(self) -> int | None:
+        return self._ids.get("mask")
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._ids.get("bos")
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._ids.get("eos")
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """Role -> token name, for the roles this tokenizer has."""
+        return dict(self._special_names)
 
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
@@ -232,79 +302,231 @@ class Tokenizer:
         return self.backend.id_to_token(i)
 
     def __repr__(self) -> str:
-        return (f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, lowercase={self.lowercase}, "
+        model = type(self.backend.model).__name__
+        return (f"Tokenizer(kind={self.kind!r}, model={model}, vocab_size={self.vocab_size}, "
+                f"lowercase={self.lowercase}, model_max_length={self.model_max_length}, "
                 f"specials={self._special_names})")
 
     # ------------------------------------------------------------- encoding
     def encode(self, text: str, pair: str | None = None, *, add_special_tokens: bool = True,
                max_length: int | None = None) -> list[int]:
-        return self.encode_batch([text], None if pair is None else [pair],
-                                 add_special_tokens=add_special_tokens, max_length=max_length)["input_ids"][0]
+        """Token ids of `text` (and `pair`, for sentence-pair tasks).
 
-    def encode_batch(self, texts: list[str], pairs: list[str] | None = None, *,
+        `add_special_tokens` adds [CLS]/[SEP] for wordpiece (bpe and char add nothing).
+        `max_length` truncates (the longer of a pair first) keeping the special tokens;
+        None does not truncate, whatever `model_max_length` is.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes one string, got {type(text).__name__}; use encode_batch for lists")
+        return self.encode_batch([text], None if pair is None else [pair],
+                                 add_special_tokens=add_special_tokens,
+                                 max_length=max_length)["input_ids"][0]
+
+    def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
                      add_special_tokens: bool = True, max_length: int | None = None,
                      return_word_ids: bool = False) -> dict[str, list]:
-        inputs = list(texts) if pairs is None else list(zip(texts, pairs))
-        if max_length:
-            self.backend.enable_truncation(max_length, strategy="longest_first")
-        try:
+        """Encode many texts at once (in parallel, in Rust).
+
+        Returns a dict with "input_ids" and "token_type_ids" (lists of int lists) and,
+        with `return_word_ids`, "word_ids" (the word index of each token, None for
+        special tokens), used to align word-level labels.
+        """
+        if isinstance(texts, str):
+            raise TypeError("encode_batch takes a list of strings, got one string; use encode")
+        if pairs is not None and (isinstance(pairs, str) or len(pairs) != len(texts)):
+            n = "a string" if isinstance(pairs, str) else f"{len(pairs)} pairs"
+            raise ValueError(f"encode_batch needs one pair per text: got {len(texts)} texts and {n}")
+        inputs: list = list(texts) if pairs is None else list(zip(texts, pairs))
+        if max_length is None:
             encs = self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
-        finally:
-            if max_length:
-                self.backend.no_truncation()
+        else:
+            n_special = (self.backend.num_special_tokens_to_add(pairs is not None)
+                         if add_special_tokens else 0)
+            # below this the backend silently does not truncate at all
+            if max_length < n_special + 1:
+                raise ValueError(f"max_length={max_length} leaves no room for text beside the "
+                                 f"{n_special} special tokens; use at least {n_special + 1}")
+            with self._lock:
+                self.backend.enable_truncation(max_length, strategy="longest_first")
+                try:
+                    encs = self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+                finally:
+                    self.backend.no_truncation()
         out: dict[str, list] = {"input_ids": [e.ids for e in encs],
                                 "token_type_ids": [e.type_ids for e in encs]}
         if return_word_ids:
             out["word_ids"] = [e.word_ids for e in encs]
         return out
 
-    def pad(self, batch_ids: list[list[int]], *, token_type_ids: list[list[int]] | None = None,
-            pad_to_multiple_of: int | None = None, max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """Right-pad to the longest row (dynamic padding)."""
-        n = max((len(r) for r in batch_ids), default=0)
-        if max_length:
-            n = max(n, max_length)
+    def pad(self, batch_ids: Sequence[Sequence[int]], *,
+            token_type_ids: Sequence[Sequence[int]] | None = None,
+            pad_to_multiple_of: int | None = None,
+            max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Right-pad rows of ids into tensors.
+
+        Rows are padded with `pad_id` to the longest row (dynamic padding), or to
+        `max_length` when given (a longer row is an error: truncate when encoding), then
+        up to a multiple of `pad_to_multiple_of`. Returns LongTensors "input_ids" and
+        "attention_mask" (1 = real token, 0 = padding), both (B, T), and
+        "token_type_ids" (0 on padding) when `token_type_ids` is given.
+        """
+        longest = max((len(r) for r in batch_ids), default=0)
+        if max_length is not None and longest > max_length:
+            raise ValueError(f"a row has {longest} tokens, more than max_length={max_length}; "
+                             f"truncate when encoding (encode_batch(..., max_length=...))")
+        n = longest if max_length is None else max_length
         if pad_to_multiple_of:
             n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+        # without a pad token any id will do: the attention mask hides it
         pad = self.pad_id if self.pad_id is not None else 0
-        ids = torch.full((len(batch_ids), n), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch_ids), n), dtype=torch.long)
-        types = torch.zeros((len(batch_ids), n), dtype=torch.long) if token_type_ids is not None else None
-        for i, row in enumerate(batch_ids):
-            ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, :len(row)] = 1
-            if types is not None:
-                types[i, :len(row)] = torch.tensor(token_type_ids[i], dtype=torch.long)
-        out = {"input_ids": ids, "attention_mask": mask}
-        if types is not None:
-            out["token_type_ids"] = types
+        ids = [list(r) + [pad] * (n - len(r)) for r in batch_ids]
+        mask = [[1] * len(r) + [0] * (n - len(r)) for r in batch_ids]
+        out = {"input_ids": torch.tensor(ids, dtype=torch.long).view(len(ids), n),
+               "attention_mask": torch.tensor(mask, dtype=torch.long).view(len(ids), n)}
+        if token_type_ids is not None:
+            if len(token_type_ids) != len(batch_ids):
+                raise ValueError(f"pad got {len(batch_ids)} rows of ids but {len(token_type_ids)} "
+                                 f"rows of token_type_ids")
+            types = [list(t) + [0] * (n - len(t)) for t in token_type_ids]
+            out["token_type_ids"] = torch.tensor(types, dtype=torch.long).view(len(types), n)
         return out
 
-    def __call__(self, texts: list[str], pairs: list[str] | None = None, *, max_length: int | None = None,
-                 add_special_tokens: bool = True, pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
-        enc = self.encode_batch(texts, pairs, add_special_tokens=add_special_tokens, max_length=max_length)
+    def __call__(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+                 max_length: int | None = None, add_special_tokens: bool = True,
+                 pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+        """Encode and pad a batch: "input_ids", "attention_mask", "token_type_ids", (B, T)."""
+        enc = self.encode_batch(texts, pairs, add_special_tokens=add_special_tokens,
+                                max_length=max_length)
         return self.pad(enc["input_ids"], token_type_ids=enc["token_type_ids"],
                         pad_to_multiple_of=pad_to_multiple_of)
 
-    def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+    def decode(self, ids: Sequence[int] | torch.Tensor, *, skip_special_tokens: bool = True) -> str:
+        """Text of `ids` (a list or a 1-D tensor)."""
+        return self.backend.decode(_as_list(ids), skip_special_tokens=skip_special_tokens)
 
-    def decode_batch(self, batch: list[list[int]], *, skip_special_tokens: bool = True) -> list[str]:
-        return self.backend.decode_batch([list(b) for b in batch], skip_special_tokens=skip_special_tokens)
+    def decode_batch(self, batch: Sequence[Sequence[int]] | torch.Tensor, *,
+                     skip_special_tokens: bool = True) -> list[str]:
+        """Texts of rows of ids (a list of lists or a 2-D tensor)."""
+        rows = batch.tolist() if isinstance(batch, torch.Tensor) else [_as_list(b) for b in batch]
+        return self.backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
 
 
-def _lines_with_ends(files: list[Path]):
-    for f in files:
-        for _, line in iter_lines(f, keep_ends=True):
-            yield line
+# ------------------------------------------------------------------ helpers
+def _bert_backend(model: models.Model, lowercase: bool) -> Backend:
+    """A WordPiece backend that normalizes and splits text exactly as BERT does."""
+    backend = Backend(model)
+    # strip_accents=None: accents are stripped when (and only when) lower-casing, as in BERT
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None, lowercase=lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return backend
+
+
+def _add_bert_template(backend: Backend) -> None:
+    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+
+
+def _char_backend(paths: list[Path], lowercase: bool) -> Backend:
+    """A character vocabulary built in Python: ids follow sorted character order (as
+    nanoGPT's), newlines and spaces included, then the special tokens."""
+    chars: set[str] = set()
+    for text in _texts(paths, keep_ends=True, skip_blank=False):
+        chars.update(text.lower() if lowercase else text)
+    vocab = {c: i for i, c in enumerate(sorted(chars))}
+    for s in CHAR_SPECIALS:
+        vocab[s] = len(vocab)
+    backend = Backend(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    if lowercase:
+        backend.normalizer = normalizers.Lowercase()
+    # every character is its own "word"; [\s\S] matches newlines too, unlike "."
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()  # join tokens with nothing between them
+    backend.add_special_tokens(CHAR_SPECIALS)
+    return backend
+
+
+def _texts(paths: list[Path], *, keep_ends: bool, skip_blank: bool = True) -> Iterator[str]:
+    """Texts of the files: lines of plain text, or the "text" column of a table
+    (.tsv/.csv/.jsonl), as `zerolm.data.corpus` reads them for the model, so the
+    tokenizer learns from the same text. Empty or non-UTF-8 files raise DataError."""
+    for path in paths:
+        for _, text in iter_records(path, keep_ends=keep_ends):
+            if text.strip() or not skip_blank:
+                yield text
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); these files are for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_configs(directory: Path) -> dict[str, Any]:
+    """tokenizer_config.json, then special_tokens_map.json for keys the first lacks."""
+    conf: dict[str, Any] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        f = directory / name
+        if not f.is_file():
+            continue
+        try:
+            d = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{f}:{e.lineno}: invalid JSON ({e.msg}); fix or delete the file") from None
+        if not isinstance(d, dict):
+            raise DataError(f"{f}: expected a JSON object, found {type(d).__name__}")
+        for k, v in d.items():
+            conf.setdefault(k, v)
+    return conf
+
+
+def _token_name(value: Any) -> str | None:
+    """A special token as Hugging Face writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
 
 
 def _guess_kind(raw: dict) -> str:
+    """zerolm's kind for a tokenizer.json written elsewhere."""
     model = (raw.get("model") or {}).get("type")
     if model == "WordPiece":
         return "wordpiece"
-    if model == "BPE" and "ByteLevel" in json.dumps(raw.get("pre_tokenizer") or {}):
+    if model == "BPE" and '"ByteLevel"' in json.dumps(raw.get("pre_tokenizer") or {}):
         return "bpe"
     if model == "WordLevel" and (raw.get("decoder") or {}).get("type") == "Fuse":
         return "char"
-    return (model or "unknown").lower()
+    return "other"
+
+
+def _lowercases(normalizer: dict | None) -> bool:
+    """Whether a tokenizer.json normalizer (possibly a Sequence) lower-cases."""
+    if not normalizer:
+        return False
+    kind = normalizer.get("type")
+    if kind == "Lowercase":
+        return True
+    if kind == "BertNormalizer":
+        return bool(normalizer.get("lowercase"))
+    if kind == "Sequence":
+        return any(_lowercases(n) for n in normalizer.get("normalizers") or [])
+    return False
+
+
+def _as_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() != 1:
+            raise ValueError(f"decode takes a 1-D sequence of ids, got a tensor of shape "
+                             f"{tuple(ids.shape)}; use decode_batch for 2-D")
+        return ids.tolist()
+    return [int(i) for i in ids]

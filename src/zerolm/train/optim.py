@@ -21,7 +21,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: list[str]) -> 
     if unknown:
         raise ValueError(f"optim.no_decay: unknown kinds {sorted(unknown)}; use bias, norm, embedding")
     decay, keep, seen = [], [], set()
-    for mod_name, module in model.named_modules():
+    for _, module in model.named_modules():
         for p_name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
