@@ -38,7 +38,8 @@ def run(args) -> int:
     print(f"zerolm quickstart: training a {cfg.tokenizer.kind.upper()} tokenizer and a "
           f"{cfg.model.n_layers}-layer GPT on the shipped corpus ({cfg.train.max_steps} steps)")
     result = pretrain(cfg)
-    model, tok = load_model(out / "final")
+    chosen = out / "best" if (out / "best").exists() else out / "final"  # lowest validation loss
+    model, tok = load_model(chosen)
     prompt = "The river"
     sample = generate_text(model, tok, prompt, GenerationConfig(
         max_new_tokens=80, temperature=0.8, top_k=50, seed=0))
@@ -50,15 +51,16 @@ def run(args) -> int:
     print(f"  {prompt}{sample}".replace("\n", "\n  "))
     print("=" * 72)
     print(f"tokenizer      {out / 'tokenizer'}  ({tok.kind}, {tok.vocab_size} tokens)")
-    print(f"model          {out / 'final'}  ({n_params:,} parameters)")
-    print(f"validation     loss {val.get('loss', float('nan')):.3f}, perplexity "
-          f"{val.get('perplexity', float('nan')):.1f}")
+    print(f"model          {chosen}  ({n_params:,} parameters; best by validation loss)")
+    print(f"validation     loss {result.best_metric:.3f} at best (last: {val.get('loss', float('nan')):.3f}, "
+          f"perplexity {val.get('perplexity', float('nan')):.1f})")
     print(f"training       {result.step} steps, {result.tokens:,} tokens in {result.wall_s:.0f} s")
     print(f"curves         {out / 'loss.png'}, {out / 'metrics.jsonl'}")
     print(f"total time     {time.perf_counter() - t0:.0f} s")
     print()
     print("Next:")
-    print(f"  zerolm generate {out / 'final'} --prompt \"The market\" --top-k 50 --seed 1")
-    print(f"  zerolm eval {out / 'final'} --input pkg:quickstart/corpus.txt")
+    print(f"  zerolm generate {chosen} --prompt \"The market\" --top-k 50 --seed 1")
+    print(f"  zerolm eval {chosen} --input pkg:quickstart/corpus.txt")
+    print(f"  zerolm pretrain {QUICKSTART_CONFIG} out_dir={out} --resume train.max_steps=800   # train on")
     print("  zerolm pretrain configs/char_gpt_shakespeare.yaml     # real data, see README")
     return 0

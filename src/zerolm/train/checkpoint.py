@@ -147,10 +147,17 @@ def load_model_config(directory: str | os.PathLike) -> ModelConfig:
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model, tokenizer or None) from a zerolm model directory."""
+    """(model, tokenizer or None) from a zerolm model directory or a local Hugging Face
+    model directory (recognised by its config.json; converted on the fly)."""
     from zerolm.tokenizers import Tokenizer
 
     directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: model directory not found")
+    from zerolm.convert.hf import is_hf_dir, load_hf
+
+    if is_hf_dir(directory):
+        return load_hf(directory, device)
     cfg = load_model_config(directory)
     model = build_model(cfg)
     load_weights(model, directory / MODEL_FILE)

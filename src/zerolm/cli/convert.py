@@ -1,0 +1,35 @@
+"""`zerolm convert`: Hugging Face checkpoints to zerolm and back."""
+
+from __future__ import annotations
+
+from zerolm.cli.main import add_verb
+
+
+def register(sub) -> None:
+    p = add_verb(sub, "convert", "convert a model between zerolm and Hugging Face formats",
+                 "zerolm convert --from hf path/to/all-MiniLM-L6-v2 runs/minilm\n"
+                 "  zerolm convert --to hf runs/char_gpt_shakespeare/final runs/shakespeare_hf")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--from", dest="src_format", choices=["hf"], help="SRC is in this format")
+    g.add_argument("--to", dest="dst_format", choices=["hf"], help="write DST in this format")
+    p.add_argument("src", help="source model directory")
+    p.add_argument("dst", help="destination directory")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from zerolm.convert.hf import export_hf, load_hf
+    from zerolm.train.checkpoint import load_model, save_model
+
+    if args.src_format == "hf":
+        model, tok = load_hf(args.src)
+        save_model(model, args.dst, tokenizer=tok)
+        what = "zerolm"
+    else:
+        model, tok = load_model(args.src)
+        export_hf(model, args.dst, tokenizer=tok)
+        what = "Hugging Face"
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {what} {model.config.family} model ({n:,} parameters"
+          f"{', with tokenizer' if tok is not None else ''}) to {args.dst}")
+    return 0

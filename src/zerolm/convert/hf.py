@@ -1,0 +1,317 @@
+"""Hugging Face checkpoints in and out: BERT and GPT-2 families.
+
+Import reads a local HF model directory (config.json + model.safetensors, or
+pytorch_model.bin read with weights_only=True) into zerolm's BertForPreTraining / GPT;
+export writes a directory that `transformers` loads as BertModel / BertForMaskedLM /
+BertForPreTraining or GPT2LMHeadModel with identical outputs. Tokenizer files are carried
+over. Neither direction needs `transformers` installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from zerolm.errors import CheckpointError
+from zerolm.models import ModelConfig, build_model
+
+log = logging.getLogger(__name__)
+
+_ACT_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+           "gelu_fast": "gelu_tanh", "relu": "relu"}
+_ACT_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+
+def is_hf_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / "config.json").is_file() and not (p / "model_config.json").is_file()
+
+
+# ------------------------------------------------------------------ configs
+
+
+def config_from_hf(hf: dict, source: Path) -> ModelConfig:
+    mt = hf.get("model_type")
+    try:
+        if mt == "bert":
+            if hf.get("position_embedding_type", "absolute") != "absolute":
+                raise CheckpointError(f"{source}: position_embedding_type "
+                                      f"{hf['position_embedding_type']!r} is not supported (only absolute)")
+            return ModelConfig(
+                family="bert", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
+                n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
+                d_ff=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 512),
+                type_vocab_size=hf.get("type_vocab_size", 2), activation=_act(hf.get("hidden_act", "gelu"), source),
+                norm_eps=hf.get("layer_norm_eps", 1e-12), dropout=hf.get("hidden_dropout_prob", 0.1),
+                attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+                init_std=hf.get("initializer_range", 0.02), pad_id=hf.get("pad_token_id") or 0,
+                tie_embeddings=hf.get("tie_word_embeddings", True))
+        if mt == "gpt2":
+            d = hf["n_embd"]
+            return ModelConfig(
+                family="gpt", vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["n_layer"],
+                n_heads=hf["n_head"], d_ff=hf.get("n_inner") or 4 * d, max_seq_len=hf["n_positions"],
+                activation=_act(hf.get("activation_function", "gelu_new"), source),
+                norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
+                attn_dropout=hf.get("attn_pdrop", 0.1), init_std=hf.get("initializer_range", 0.02),
+                tie_embeddings=hf.get("tie_word_embeddings", True), type_vocab_size=0, pooler=False)
+    except KeyError as e:
+        raise CheckpointError(f"{source}: config.json lacks {e.args[0]!r}") from None
+    archs = hf.get("architectures") or []
+    raise CheckpointError(f"{source}: unsupported architecture model_type={mt!r} {archs}; zerolm "
+                          f"converts the BERT ('bert') and GPT-2 ('gpt2') families")
+
+
+def _act(name: str, source: Path) -> str:
+    if name not in _ACT_IN:
+        raise CheckpointError(f"{source}: unsupported activation {name!r} (supported: {sorted(_ACT_IN)})")
+    return _ACT_IN[name]
+
+
+def config_to_hf(cfg: ModelConfig, with_heads: bool = True) -> dict:
+    if cfg.family == "bert":
+        return {"architectures": ["BertForPreTraining" if cfg.sentence_head else "BertForMaskedLM"],
+                "model_type": "bert", "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
+                "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+                "intermediate_size": cfg.d_ff, "max_position_embeddings": cfg.max_seq_len,
+                "type_vocab_size": max(cfg.type_vocab_size, 1), "hidden_act": _ACT_OUT[cfg.activation],
+                "layer_norm_eps": cfg.norm_eps, "hidden_dropout_prob": cfg.dropout,
+                "attention_probs_dropout_prob": cfg.attn_dropout, "initializer_range": cfg.init_std,
+                "pad_token_id": cfg.pad_id, "position_embedding_type": "absolute",
+                "tie_word_embeddings": cfg.tie_embeddings}
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+            "n_embd": cfg.d_model, "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": cfg.d_ff,
+            "n_positions": cfg.max_seq_len, "n_ctx": cfg.max_seq_len,
+            "activation_function": _ACT_OUT[cfg.activation], "layer_norm_epsilon": cfg.norm_eps,
+            "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.attn_dropout,
+            "initializer_range": cfg.init_std, "tie_word_embeddings": cfg.tie_embeddings,
+            "bos_token_id": None, "eos_token_id": None}
+
+
+# ----------------------------------------------------------------- key maps
+
+
+class _Tracked(dict):
+    """A dict that remembers which checkpoint key each entry came from (for errors)."""
+
+    def __init__(self, origin: dict[str, str]):
+        super().__init__()
+        self.origin, self.source = origin, ""
+
+    def __setitem__(self, key, value):
+        self.origin[key] = self.source
+        super().__setitem__(key, value)
+
+
+_BERT_LAYER = {
+    "attention.self.query": "attn.q_proj", "attention.self.key": "attn.k_proj",
+    "attention.self.value": "attn.v_proj", "attention.output.dense": "attn.o_proj",
+    "attention.output.LayerNorm": "attn_norm", "intermediate.dense": "mlp.fc_in",
+    "output.dense": "mlp.fc_out", "output.LayerNorm": "mlp_norm",
+}
+_BERT_TOP = {
+    "embeddings.word_embeddings": "bert.tok_emb", "embeddings.position_embeddings": "bert.pos_emb",
+    "embeddings.token_type_embeddings": "bert.type_emb", "embeddings.LayerNorm": "bert.emb_norm",
+    "pooler.dense": "bert.pooler", "cls.predictions.transform.dense": "mlm_head.dense",
+    "cls.predictions.transform.LayerNorm": "mlm_head.norm", "cls.predictions.decoder": "lm_head",
+    "cls.seq_relationship": "sentence_head",
+}
+_GPT_LAYER = {"ln_1": "attn_norm", "attn.c_proj": "attn.o_proj", "ln_2": "mlp_norm",
+              "mlp.c_fc": "mlp.fc_in", "mlp.c_proj": "mlp.fc_out"}
+_GPT_TOP = {"wte": "tok_emb", "wpe": "pos_emb", "ln_f": "final_norm"}
+
+
+def _bert_from_hf(sd: dict[str, torch.Tensor], origin: dict[str, str]) -> dict[str, torch.Tensor]:
+    out = _Tracked(origin)
+    for key, v in sd.items():
+        out.source = key
+        k = key.removeprefix("bert.")
+        k = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k))  # TF-era names
+        if k.endswith("position_ids") or k == "cls.predictions.decoder.bias":
+            continue  # a buffer; the decoder bias is the same tensor as cls.predictions.bias
+        if k == "cls.predictions.bias":
+            out["lm_head.bias"] = v
+            continue
+        m = re.match(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", k)
+        if m and m.group(2) in _BERT_LAYER:
+            out[f"bert.blocks.{m.group(1)}.{_BERT_LAYER[m.group(2)]}.{m.group(3)}"] = v
+            continue
+        m = re.match(r"(.+)\.(weight|bias)$", k)
+        if m and m.group(1) in _BERT_TOP:
+            out[f"{_BERT_TOP[m.group(1)]}.{m.group(2)}"] = v
+            continue
+        log.warning("ignoring unknown weight %s", key)
+    return out
+
+
+def _bert_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    inv_layer = {v: k for k, v in _BERT_LAYER.items()}
+    inv_top = {v: k for k, v in _BERT_TOP.items()}
+    out = {}
+    for k, v in sd.items():
+        if k == "lm_head.bias":
+            out["cls.predictions.bias"] = v
+            continue
+        m = re.match(r"bert\.blocks\.(\d+)\.(.+)\.(weight|bias)$", k)
+        if m:
+            out[f"bert.encoder.layer.{m.group(1)}.{inv_layer[m.group(2)]}.{m.group(3)}"] = v
+            continue
+        m = re.match(r"(.+)\.(weight|bias)$", k)
+        name = inv_top[m.group(1)]
+        out[("bert." + name if not name.startswith("cls.") else name) + "." + m.group(2)] = v
+    return out
+
+
+def _gpt_from_hf(sd: dict[str, torch.Tensor], d: int, origin: dict[str, str]) -> dict[str, torch.Tensor]:
+    out = _Tracked(origin)
+    for key, v in sd.items():
+        out.source = key
+        k = key.removeprefix("transformer.")
+        if k.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers of old checkpoints
+        if k == "lm_head.weight":
+            out["lm_head.weight"] = v
+            continue
+        m = re.match(r"h\.(\d+)\.(.+)\.(weight|bias)$", k)
+        if m:
+            i, name, kind = m.groups()
+            if name == "attn.c_attn":  # Conv1D (D, 3D): q | k | v, stored transposed
+                parts = v.split(d, dim=-1)
+                for proj, t in zip(("q_proj", "k_proj", "v_proj"), parts):
+                    out[f"blocks.{i}.attn.{proj}.{kind}"] = t.t().contiguous() if kind == "weight" else t
+                continue
+            if name in _GPT_LAYER:
+                conv = name != "ln_1" and name != "ln_2" and kind == "weight"  # Conv1D weights are (in, out)
+                out[f"blocks.{i}.{_GPT_LAYER[name]}.{kind}"] = v.t().contiguous() if conv else v
+                continue
+        m = re.match(r"(.+)\.(weight|bias)$", k)
+        if m and m.group(1) in _GPT_TOP:
+            out[f"{_GPT_TOP[m.group(1)]}.{m.group(2)}"] = v
+            continue
+        log.warning("ignoring unknown weight %s", key)
+    return out
+
+
+def _gpt_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    inv_layer = {v: k for k, v in _GPT_LAYER.items()}
+    inv_top = {v: k for k, v in _GPT_TOP.items()}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        if k == "lm_head.weight":
+            out["lm_head.weight"] = v
+            continue
+        m = re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias)$", k)
+        if m:
+            i, name, kind = m.groups()
+            if name in ("attn.q_proj", "attn.k_proj", "attn.v_proj"):
+                qkv.setdefault((i, kind), {})[name] = v
+                continue
+            conv = name not in ("attn_norm", "mlp_norm") and kind == "weight"
+            out[f"transformer.h.{i}.{inv_layer[name]}.{kind}"] = v.t().contiguous() if conv else v
+            continue
+        m = re.match(r"(.+)\.(weight|bias)$", k)
+        out[f"transformer.{inv_top[m.group(1)]}.{m.group(2)}"] = v
+    for (i, kind), parts in qkv.items():
+        ts = [parts[f"attn.{p}"] for p in ("q_proj", "k_proj", "v_proj")]
+        out[f"transformer.h.{i}.attn.c_attn.{kind}"] = (
+            torch.cat([t.t() for t in ts], dim=1).contiguous() if kind == "weight" else torch.cat(ts))
+    return out
+
+
+# ---------------------------------------------------------------- load / export
+
+
+def read_hf_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """Weights of an HF directory: safetensors preferred, `.bin` only with weights_only=True."""
+    st = sorted(directory.glob("*.safetensors"))
+    if st:
+        sd = {}
+        for f in st:
+            try:
+                sd.update(load_file(str(f)))
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{f}: unreadable safetensors file ({e})") from None
+        return sd, st[0] if len(st) == 1 else directory
+    binf = directory / "pytorch_model.bin"
+    if binf.is_file():
+        try:
+            sd = torch.load(binf, map_location="cpu", weights_only=True)
+        except Exception as e:  # the unpickler refuses anything that is not plain tensors
+            raise CheckpointError(f"{binf}: cannot be read safely with weights_only=True ({e})") from None
+        return sd, binf
+    raise CheckpointError(f"{directory}: no weight file (expected model.safetensors or pytorch_model.bin)")
+
+
+def load_hf(directory: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(zerolm model, tokenizer or None) from a local Hugging Face model directory."""
+    from zerolm.tokenizers import Tokenizer
+
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
+    try:
+        hf_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_path}: unreadable config ({e})") from None
+    raw, weights_file = read_hf_state_dict(directory)
+    cfg = config_from_hf(hf_cfg, cfg_path)
+    origin: dict[str, str] = {}
+    if cfg.family == "bert":
+        sd = dict(_bert_from_hf(raw, origin))
+        cfg = ModelConfig(**{**cfg.to_dict(), "sentence_head": "sentence_head.weight" in sd,
+                             "pooler": "bert.pooler.weight" in sd})
+    else:
+        sd = dict(_gpt_from_hf(raw, cfg.d_model, origin))
+    model = build_model(cfg)
+    own = model.state_dict()
+    for k, v in sd.items():
+        if k not in own:
+            raise CheckpointError(f"{weights_file}: weight {origin[k]!r} has no place in the model ({k!r})")
+        if own[k].shape != v.shape:
+            raise CheckpointError(f"{weights_file}: shape mismatch for {origin[k]!r} (zerolm {k!r}): "
+                                  f"checkpoint {tuple(v.shape)}, config.json gives {tuple(own[k].shape)}")
+    model.load_state_dict(sd, strict=False)
+    loaded = set(sd)
+    if cfg.tie_embeddings:
+        loaded.add("lm_head.weight")
+    fresh = sorted(k for k in own if k not in loaded)
+    core = [k for k in fresh if not k.startswith(("mlm_head.", "lm_head.", "sentence_head."))]
+    if core:
+        raise CheckpointError(f"{weights_file}: missing weights {core[:6]}{'...' if len(core) > 6 else ''}")
+    if fresh:
+        log.info("%s: no pretrained weights for %s (freshly initialised)", directory, ", ".join(fresh))
+    tok = None
+    if (directory / "tokenizer.json").exists() or (directory / "vocab.txt").exists():
+        tok = Tokenizer.load(directory)
+    return model.to(device).eval(), tok
+
+
+def export_hf(model, directory: str | os.PathLike, tokenizer=None) -> Path:
+    """Write `model` as a Hugging Face directory (config.json + model.safetensors + tokenizer)."""
+    from zerolm.train.checkpoint import AtomicDir
+
+    cfg: ModelConfig = model.config
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tied = cfg.tie_embeddings
+    if cfg.family == "bert":
+        if tied:
+            sd.pop("lm_head.weight", None)
+        hf_sd = _bert_to_hf(sd)
+    else:
+        if tied:
+            sd.pop("lm_head.weight", None)
+        hf_sd = _gpt_to_hf(sd)
+    directory = Path(directory)
+    with AtomicDir(directory) as tmp:
+        save_file(hf_sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+    return directory
