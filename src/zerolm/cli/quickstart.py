@@ -61,6 +61,6 @@ def run(args) -> int:
     print("Next:")
     print(f"  zerolm generate {chosen} --prompt \"The market\" --top-k 50 --seed 1")
     print(f"  zerolm eval {chosen} --input pkg:quickstart/corpus.txt")
-    print(f"  zerolm pretrain {QUICKSTART_CONFIG} out_dir={out} --resume train.max_steps=800   # train on")
+    print(f"  zerolm pretrain {QUICKSTART_CONFIG} out_dir={out} train.max_steps=800 --resume  # train on")
     print("  zerolm pretrain configs/char_gpt_shakespeare.yaml     # real data, see README")
     return 0
