@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import emit, environment
 
+from common import emit, environment
 from zerolm.convert.hf import export_hf, load_hf
 from zerolm.generate import GenerationConfig, generate_ids
 

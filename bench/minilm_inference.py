@@ -16,8 +16,8 @@ import statistics
 import time
 
 import torch
-from common import emit, environment
 
+from common import emit, environment
 from zerolm.data.text import data_root
 from zerolm.embed import embed_texts
 from zerolm.train.checkpoint import load_model

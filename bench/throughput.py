@@ -22,7 +22,7 @@ import torch
 
 from common import CPU_FP32_PEAK_GFLOPS, emit, environment
 from zerolm.config import OptimConfig
-from zerolm.data.masking import mask_tokens
+from zerolm.data.masking import IGNORE_INDEX, mask_tokens
 from zerolm.models import ModelConfig, build_model
 from zerolm.tasks import CausalLMTask, MaskedLMTask
 from zerolm.train.optim import build_optimizer
