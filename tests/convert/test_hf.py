@@ -137,3 +137,20 @@ def test_errors_name_the_file_and_key(tmp_path):
     (d / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no weight file"):
         load_hf(d)
+
+
+def test_pretrain_can_start_from_a_hugging_face_directory(tmp_path):
+    from zerolm.config import load_config
+    from zerolm.train.pretrain import pretrain
+
+    first = pretrain(load_config("configs/tiny/gpt_bpe.yaml", [f"out_dir={tmp_path / 'a'}", "train.max_steps=3"]))
+    ours, tok = load_model(first.out_dir / "final")
+    export_hf(ours, tmp_path / "hf", tokenizer=tok)
+    cfg = load_config("configs/tiny/gpt_bpe.yaml", [f"out_dir={tmp_path / 'b'}", "train.max_steps=1",
+                                                   f"tokenizer.path={first.out_dir / 'tokenizer'}",
+                                                   "optim.lr=0.0", "schedule.warmup_steps=0"])
+    res = pretrain(cfg, init=str(tmp_path / "hf"))
+    again, _ = load_model(res.out_dir / "final")
+    ids = torch.tensor([tok.encode("The river")])
+    with torch.no_grad():
+        assert (again(ids) - ours(ids)).abs().max() <= 1e-6  # lr 0: the imported weights, unchanged

@@ -123,3 +123,19 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path):
     a, b = _losses(single.out_dir), _losses(tmp_path / "ddp")
     assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 9))
     assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-5
+
+
+def test_bf16_autocast_trains_a_tiny_model(tmp_path):
+    res = pretrain(_cfg(tmp_path, "bf16", "train.precision=bf16", "train.max_steps=3", "train.eval_every=3",
+                        "train.save_every=0"))
+    assert res.step == 3 and res.final_eval["loss"] < 10
+    rows = _losses(res.out_dir)
+    assert all(loss == loss for _, loss in rows)  # finite, no NaN
+
+
+def test_mlm_with_sentence_order_prediction_and_whole_word_masking(tmp_path):
+    cfg = load_config(REPO / "configs" / "tiny" / "bert_mlm.yaml", [
+        f"out_dir={tmp_path / 'sop'}", "task.sentence_objective=sop", "task.whole_word_mask=true",
+        "train.max_steps=4", "train.eval_every=4"])
+    res = pretrain(cfg)
+    assert 0 <= res.final_eval["sentence_accuracy"] <= 1 and res.final_eval["masked_tokens"] > 0

@@ -16,6 +16,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index: int, chunk: int):
+        # the loss is computed in fp32 even under bf16 autocast (softmax over a wide vocabulary)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return _LinearCrossEntropy._forward(ctx, hidden, weight, labels, ignore_index, chunk)
+
+    @staticmethod
+    def _forward(ctx, hidden, weight, labels, ignore_index: int, chunk: int):
         h = hidden.float()
         w = weight.float()
         valid = labels != ignore_index

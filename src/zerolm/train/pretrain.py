@@ -17,7 +17,6 @@ from zerolm.models import build_model
 from zerolm.tasks import CausalLMTask, MaskedLMTask
 from zerolm.tokenizers import Tokenizer
 from zerolm.train import dist
-from zerolm.train.checkpoint import load_weights
 from zerolm.train.loop import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -88,6 +87,22 @@ def build_batches(cfg: RunConfig, tok: Tokenizer):
     return mk(train), mk(val)
 
 
+def _init_from(model, path: str) -> None:
+    """Start from the weights of a zerolm or local Hugging Face model directory."""
+    from zerolm.errors import CheckpointError
+    from zerolm.train.checkpoint import load_model
+
+    src, _ = load_model(path)
+    own, theirs = model.state_dict(), src.state_dict()
+    for k, v in theirs.items():
+        if k in own and own[k].shape != v.shape:
+            raise CheckpointError(f"{path}: shape mismatch for '{k}': checkpoint {tuple(v.shape)}, "
+                                  f"config {tuple(own[k].shape)}; make model.* match the checkpoint")
+    missing, _ = model.load_state_dict(theirs, strict=False)
+    if missing:
+        log.info("not in %s (freshly initialised): %s", path, ", ".join(missing))
+
+
 def pretrain(cfg: RunConfig, *, resume: bool | str = False, init: str | None = None,
              callbacks: list | None = None) -> TrainResult:
     """Run (or resume) pretraining as configured; returns the loop's result."""
@@ -105,7 +120,7 @@ def pretrain(cfg: RunConfig, *, resume: bool | str = False, init: str | None = N
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     if init:
-        load_weights(model, Path(init) / "model.safetensors")
+        _init_from(model, init)
     task = CausalLMTask() if cfg.task.name == "clm" else MaskedLMTask()
     trainer = Trainer(model, task, train_data, val_data=val_data, train=cfg.train, optim=cfg.optim,
                       schedule=cfg.schedule, out_dir=cfg.out_dir, config_text=dump_config(cfg),
