@@ -92,6 +92,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # resumable checkpoints kept on disk (the newest)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     progress: bool = True  # progress bar on a terminal
+    epochs: float = 0.0  # fine-tuning: if > 0, max_steps = epochs x optimizer steps per epoch
 
 
 @dataclass
@@ -129,6 +130,56 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class LabelledDataConfig:
+    train: str = ""  # labelled table (.tsv / .csv / .jsonl, optionally .gz); relative to $ZEROLM_DATA
+    dev: str = ""  # validation table with the same columns
+    text_column: str = "text"  # column with the (first) text
+    pair_column: str | None = None  # column with the second text of a sentence pair
+    label_column: str = "label"  # column with the class name
+    max_length: int = 128  # longer inputs are truncated (the count is reported)
+
+
+@dataclass
+class StrategyConfig:
+    name: Literal["full", "freeze", "head_only", "bitfit", "lora", "adapter"] = "full"  # which weights train
+    freeze_layers: int = 0  # freeze: also freeze the bottom k blocks (embeddings are always frozen)
+    lora_rank: int = 8  # lora: rank r of the update B @ A
+    lora_alpha: float = 16.0  # lora: the update is scaled by alpha / r
+    lora_dropout: float = 0.0  # lora: dropout on the LoRA path
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # module names to adapt
+    adapter_size: int = 64  # adapter: bottleneck width
+
+
+@dataclass
+class ClassifyTaskConfig:
+    name: Literal["classify"] = "classify"  # sentence (pair) classification
+    class_weights: list[float] = field(default_factory=list)  # per label (sorted names); empty: none
+    head_dropout: float = 0.1  # dropout before the classifier
+
+
+@dataclass
+class FinetuneConfig:
+    out_dir: str = "runs/finetune"  # where checkpoints, metrics, reports and plots go
+    init: str | None = None  # zerolm or Hugging Face model directory, or python:MODULE; None: from scratch
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(family="bert"))  # only when init is None
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(kind="wordpiece"))  # idem
+    data: LabelledDataConfig = field(default_factory=LabelledDataConfig)
+    task: ClassifyTaskConfig = field(default_factory=ClassifyTaskConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="linear", warmup_steps=0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=32, eval_every=0, save_every=0, early_stopping=EarlyStoppingConfig("val_accuracy", "max", 0)))
+
+    def validate(self) -> FinetuneConfig:
+        if not self.data.train or not self.data.dev:
+            raise ConfigError("data.train and data.dev: give the labelled training and validation files")
+        if self.init is None and not self.tokenizer.files and not self.tokenizer.path:
+            raise ConfigError("from scratch (init: null) needs tokenizer.path or tokenizer.files")
+        return self
 
 
 # ---------------------------------------------------------------- loading, validation

@@ -91,10 +91,13 @@ def test_parser_builds_without_importing_torch_heavy_modules():
 
 
 def test_every_shipped_config_validates():
-    from zerolm.config import load_config
+    import yaml
+
+    from zerolm.config import FinetuneConfig, RunConfig, load_config
 
     configs = sorted((REPO / "configs").rglob("*.yaml")) + [
         REPO / "src/zerolm/resources/quickstart/quickstart.yaml"]
-    assert len(configs) >= 7
+    assert len(configs) >= 10
     for c in configs:
-        load_config(c)
+        cls = FinetuneConfig if "init" in yaml.safe_load(c.read_text()) else RunConfig
+        load_config(c, cls=cls)

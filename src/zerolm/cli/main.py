@@ -14,7 +14,7 @@ import sys
 from zerolm.errors import ZeroLMError
 
 # verb module names under zerolm.cli, in the order `zerolm --help` lists them
-VERBS = ["quickstart", "tokenizer", "pretrain", "generate", "eval", "embed", "similar", "convert", "config"]
+VERBS = ["quickstart", "tokenizer", "pretrain", "finetune", "generate", "eval", "embed", "similar", "convert", "config"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,3 +35,29 @@ def plot_loss_curve(metrics_jsonl: str | Path, out_png: str | Path, title: str |
     fig.savefig(out_png)
     plt.close(fig)
     return Path(out_png)
+
+
+def plot_confusion_matrix(cm, labels: list[str], out_png: str | Path, title: str = "confusion matrix") -> Path:
+    """Counts and row-normalised colours (recall per true class)."""
+    import numpy as np
+
+    cm = np.asarray(cm)
+    norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
+    plt = _pyplot()
+    size = max(4.0, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=120)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)

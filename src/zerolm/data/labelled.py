@@ -1,0 +1,178 @@
+"""Labelled text for classification: TSV / CSV / JSONL with configurable columns.
+
+The label set comes from the training file and is saved with the model; a dev/test
+label never seen in training is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zerolm.data.text import iter_lines, open_text, resolve_data_path
+from zerolm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Example:
+    text: str
+    pair: str | None
+    label: str
+    where: str  # "file:line", for error messages
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    suffix = Path(name).suffix.lower()
+    if suffix == ".tsv":
+        lines = iter_lines(path)
+        _, header = next(lines)
+        cols = header.split("\t")
+        for lineno, line in lines:
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != len(cols):
+                raise DataError(f"{path}:{lineno}: expected {len(cols)} tab-separated fields "
+                                f"({', '.join(cols)}), found {len(parts)}")
+            yield lineno, dict(zip(cols, parts))
+    elif suffix == ".csv":
+        with open_text(path) as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: the file is empty")
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(row)}")
+                yield reader.line_num, dict(zip(header, row))
+    elif suffix == ".jsonl":
+        for lineno, line in iter_lines(path):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+            yield lineno, {k: str(v) for k, v in obj.items()}
+    else:
+        raise DataError(f"{path}: unsupported table format (use .tsv, .csv or .jsonl, optionally .gz)")
+
+
+def read_examples(path: str | Path, *, text_column: str = "text", pair_column: str | None = None,
+                  label_column: str = "label") -> list[Example]:
+    p = resolve_data_path(path)
+    out = []
+    for lineno, row in _rows(p):
+        for col in (text_column, label_column, pair_column):
+            if col is not None and col not in row:
+                raise DataError(f"{p}:{lineno}: no column {col!r} (columns: {', '.join(row)})")
+        label = row[label_column].strip()
+        if not label:
+            raise DataError(f"{p}:{lineno}: empty label")
+        out.append(Example(row[text_column], row[pair_column] if pair_column else None, label, f"{p}:{lineno}"))
+    if not out:
+        raise DataError(f"{p}: no examples (the file has only a header)")
+    return out
+
+
+class LabelSet:
+    """Label name <-> index, in sorted order, fixed by the training data."""
+
+    def __init__(self, names: list[str]):
+        self.names = list(names)
+        self.index = {n: i for i, n in enumerate(self.names)}
+
+    @classmethod
+    def from_examples(cls, examples: list[Example]) -> LabelSet:
+        return cls(sorted({e.label for e in examples}))
+
+    def encode(self, examples: list[Example]) -> list[int]:
+        ids = []
+        for e in examples:
+            if e.label not in self.index:
+                raise DataError(f"{e.where}: label {e.label!r} does not occur in the training data "
+                                f"(known labels: {', '.join(self.names)})")
+            ids.append(self.index[e.label])
+        return ids
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def to_json(self) -> str:
+        return json.dumps({"labels": self.names}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> LabelSet:
+        return cls(json.loads(text)["labels"])
+
+
+class ClassificationBatches:
+    """Tokenized once; epochs of shuffled batches where each batch holds texts of similar
+    length (sorted within windows of 50 batches), so dynamic padding wastes little.
+    `batch(step, index)` is a pure function of (seed, step, index), as the loop needs."""
+
+    def __init__(self, examples: list[Example], labels: list[int], tokenizer, *, max_length: int,
+                 batch_size: int, seed: int, micro_per_step: int = 1):
+        texts = [e.text for e in examples]
+        pairs = [e.pair for e in examples] if examples and examples[0].pair is not None else None
+        enc = tokenizer.encode_batch(texts, pairs, max_length=max_length)
+        full = tokenizer.encode_batch(texts, pairs)["input_ids"]
+        self.truncated = sum(len(a) < len(b) for a, b in zip(enc["input_ids"], full))
+        if self.truncated:
+            log.warning("%d of %d inputs were truncated to %d tokens", self.truncated, len(texts), max_length)
+        self.ids, self.types = enc["input_ids"], enc["token_type_ids"]
+        self.labels = labels
+        self.tok, self.batch_size, self.seed = tokenizer, batch_size, seed
+        self.micro_per_step = micro_per_step  # micro-batches per optimizer step over all processes
+        self.n_batches = -(-len(self.ids) // batch_size)
+        self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
+
+    def _collate(self, idx) -> dict[str, torch.Tensor]:
+        b = self.tok.pad([self.ids[i] for i in idx], token_type_ids=[self.types[i] for i in idx])
+        b["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+        return b
+
+    def _epoch(self, epoch: int) -> list[np.ndarray]:
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            perm = rng.permutation(len(self.ids))
+            lengths = np.array([len(self.ids[i]) for i in perm])
+            window = self.batch_size * 50
+            batches = []
+            for s in range(0, len(perm), window):
+                chunk = perm[s:s + window][np.argsort(-lengths[s:s + window], kind="stable")]
+                batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            rng.shuffle(batches)
+            self._epoch_cache = (epoch, batches)
+        return self._epoch_cache[1]
+
+    def steps_per_epoch(self) -> int:
+        return max(self.n_batches // self.micro_per_step, 1)
+
+    def batch(self, step: int, index: int) -> dict[str, torch.Tensor]:
+        pos = step * self.micro_per_step + index
+        epoch, j = divmod(pos, self.n_batches)
+        return self._collate(self._epoch(epoch)[j])
+
+    def eval_batches(self, max_batches: int = 0):
+        order = np.argsort([-len(x) for x in self.ids], kind="stable")
+        for b, s in enumerate(range(0, len(order), self.batch_size)):
+            if max_batches and b >= max_batches:
+                return
+            batch = self._collate(order[s:s + self.batch_size])
+            batch["index"] = torch.as_tensor(order[s:s + self.batch_size])
+            yield batch

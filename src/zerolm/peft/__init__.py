@@ -1,0 +1,33 @@
+"""Parameter-efficient fine-tuning as transforms on a finished model.
+
+Nothing here subclasses a model: strategies set `requires_grad` and swap modules found
+by their stable names (`q_proj`, `attn.o_proj`, ...), keeping the base state-dict keys.
+"""
+
+from zerolm.peft.adapter import BottleneckAdapter, LinearWithAdapter, apply_adapters
+from zerolm.peft.lora import (
+    LoRALinear,
+    apply_lora,
+    load_lora_state_dict,
+    lora_state_dict,
+    merge_lora,
+)
+from zerolm.peft.match import find_modules, name_matches, replace_module
+from zerolm.peft.strategy import STRATEGIES, apply_strategy, trainable_summary
+
+__all__ = [
+    "STRATEGIES",
+    "BottleneckAdapter",
+    "LinearWithAdapter",
+    "LoRALinear",
+    "apply_adapters",
+    "apply_lora",
+    "apply_strategy",
+    "find_modules",
+    "load_lora_state_dict",
+    "lora_state_dict",
+    "merge_lora",
+    "name_matches",
+    "replace_module",
+    "trainable_summary",
+]

@@ -1,0 +1,51 @@
+"""Fine-tuning for classification: end to end on the shipped reviews, and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zerolm.config import FinetuneConfig, load_config
+from zerolm.data.labelled import LabelSet, read_examples
+from zerolm.errors import DataError
+from zerolm.train.finetune import finetune
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny" / "classify_reviews.yaml"
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_finetune_reviews_end_to_end(tmp_path, strategy):
+    cfg = load_config(TINY, [f"out_dir={tmp_path / strategy}", f"strategy.name={strategy}", "train.epochs=1"],
+                      cls=FinetuneConfig)
+    result, report = finetune(cfg)
+    out = result.out_dir
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["labels"] == ["negative", "positive"]
+    assert 0 <= saved["accuracy"] <= 1 and sum(map(sum, saved["confusion_matrix"])) == 90
+    assert (out / "confusion.png").stat().st_size > 1000 and (out / "labels.json").exists()
+    assert report["strategy"]["strategy"] == strategy
+    if strategy == "lora":
+        assert report["strategy"]["percent"] < 100
+
+
+def test_unseen_dev_label_wrong_columns_and_empty_file(tmp_path):
+    train = tmp_path / "train.tsv"
+    train.write_text("text\tlabel\ngood\tpositive\nbad\tnegative\n")
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("text\tlabel\nfine\tpositive\nmeh\tneutral\n")
+    labels = LabelSet.from_examples(read_examples(train))
+    with pytest.raises(DataError, match=r"dev.tsv:3: label 'neutral' does not occur in the training data"):
+        labels.encode(read_examples(dev))
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text\tlabel\nok\tpositive\ntoo\tmany\tfields\n")
+    with pytest.raises(DataError, match=r"bad.tsv:3: expected 2 tab-separated fields"):
+        read_examples(bad)
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"empty.tsv: the file is empty"):
+        read_examples(empty)
+    header_only = tmp_path / "header.tsv"
+    header_only.write_text("text\tlabel\n")
+    with pytest.raises(DataError, match="no examples|empty"):
+        read_examples(header_only)
