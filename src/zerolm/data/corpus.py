@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zerolm.data.text import iter_records, resolve_data_path
+from zerolm.data.text import is_table, iter_records, resolve_data_path
 from zerolm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -145,20 +145,20 @@ def _build(paths: list[Path], tokenizer, keep_ends: bool, text_column: str, targ
             for path in paths:
                 log.info("tokenizing %s", path)
                 w.new_doc()  # every file starts a document
-                is_table = any(s in path.name for s in (".tsv", ".csv", ".jsonl"))  # a row is a document
+                table = is_table(path)  # each row of a table is a document
                 buf: list[str] = []
                 for _, text in iter_records(path, text_column=text_column, keep_ends=keep_ends):
                     if not text.strip():
                         # a blank line ends a document; for causal LMs its "\n" is still text
-                        w.write(buf, is_table)
+                        w.write(buf, table)
                         if keep_ends and text:
                             w.write([text], False)
                         w.new_doc()
                         continue
                     buf.append(text)
                     if len(buf) >= _BATCH_LINES:
-                        w.write(buf, is_table)
-                w.write(buf, is_table)
+                        w.write(buf, table)
+                w.write(buf, table)
         lines, n = w.lines, w.n
         docs = sorted(set(w.docs + [len(lines) - 1]))
         np.save(tmp / "lines.npy", np.asarray(lines, dtype=np.int64))

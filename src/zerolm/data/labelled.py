@@ -6,17 +6,15 @@ label never seen in training is an error naming the file and line.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from zerolm.data.text import iter_lines, open_text, resolve_data_path
+from zerolm.data.text import iter_rows, resolve_data_path
 from zerolm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -30,53 +28,11 @@ class Example:
     where: str  # "file:line", for error messages
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    suffix = Path(name).suffix.lower()
-    if suffix == ".tsv":
-        lines = iter_lines(path)
-        _, header = next(lines)
-        cols = header.split("\t")
-        for lineno, line in lines:
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != len(cols):
-                raise DataError(f"{path}:{lineno}: expected {len(cols)} tab-separated fields "
-                                f"({', '.join(cols)}), found {len(parts)}")
-            yield lineno, dict(zip(cols, parts))
-    elif suffix == ".csv":
-        with open_text(path) as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if not header:
-                raise DataError(f"{path}: the file is empty")
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(row)}")
-                yield reader.line_num, dict(zip(header, row))
-    elif suffix == ".jsonl":
-        for lineno, line in iter_lines(path):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line")
-            yield lineno, {k: str(v) for k, v in obj.items()}
-    else:
-        raise DataError(f"{path}: unsupported table format (use .tsv, .csv or .jsonl, optionally .gz)")
-
-
 def read_examples(path: str | Path, *, text_column: str = "text", pair_column: str | None = None,
                   label_column: str = "label") -> list[Example]:
     p = resolve_data_path(path)
     out = []
-    for lineno, row in _rows(p):
+    for lineno, row in iter_rows(p):
         for col in (text_column, label_column, pair_column):
             if col is not None and col not in row:
                 raise DataError(f"{p}:{lineno}: no column {col!r} (columns: {', '.join(row)})")

@@ -99,38 +99,45 @@ def iter_texts(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
                 yield line
 
 
-def iter_records(path: str | os.PathLike, *, text_column: str = "text",
-                 keep_ends: bool = False) -> Iterator[tuple[int, str]]:
-    """(line_number, text) of a corpus file. Plain text gives its lines; a table
-    (`.tsv`, `.csv`, `.jsonl`, optionally `.gz`) gives the `text_column` of each row, so
-    labelled datasets double as pretraining text."""
+def is_table(path: str | os.PathLike) -> bool:
+    name = Path(path).name
+    name = name[:-3] if name.endswith(".gz") else name
+    return Path(name).suffix.lower() in (".tsv", ".csv", ".jsonl")
+
+
+def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line_number, row) of a table with a header: `.tsv` (split on tabs, no quoting),
+    `.csv`, or `.jsonl` (one object per line), each optionally `.gz`. Rows with the wrong
+    number of fields raise DataError naming the file and line."""
     p = Path(path)
     name = p.name[:-3] if p.name.endswith(".gz") else p.name
     suffix = Path(name).suffix.lower()
-    end = "\n" if keep_ends else ""
     if suffix == ".tsv":
         lines = iter_lines(p)
         _, header = next(lines)
         cols = header.split("\t")
-        if text_column not in cols:
-            raise DataError(f"{p}:1: no column {text_column!r} in the header {cols}")
-        ci = cols.index(text_column)
         for lineno, line in lines:
             if not line.strip():
                 continue
             parts = line.split("\t")
             if len(parts) != len(cols):
-                raise DataError(f"{p}:{lineno}: expected {len(cols)} tab-separated fields, found {len(parts)}")
-            yield lineno, parts[ci] + end
+                raise DataError(f"{p}:{lineno}: expected {len(cols)} tab-separated fields "
+                                f"({', '.join(cols)}), found {len(parts)}")
+            yield lineno, dict(zip(cols, parts))
     elif suffix == ".csv":
         import csv
 
         with open_text(p) as fh:
-            reader = csv.DictReader(fh)
-            if text_column not in (reader.fieldnames or []):
-                raise DataError(f"{p}:1: no column {text_column!r} in the header {reader.fieldnames}")
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{p}: the file is empty")
             for row in reader:
-                yield reader.line_num, (row[text_column] or "") + end
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{p}:{reader.line_num}: expected {len(header)} fields, found {len(row)}")
+                yield reader.line_num, dict(zip(header, row))
     elif suffix == ".jsonl":
         import json
 
@@ -141,8 +148,23 @@ def iter_records(path: str | os.PathLike, *, text_column: str = "text",
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{p}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or text_column not in obj:
-                raise DataError(f"{p}:{lineno}: no field {text_column!r}")
-            yield lineno, str(obj[text_column]) + end
+            if not isinstance(obj, dict):
+                raise DataError(f"{p}:{lineno}: expected a JSON object per line")
+            yield lineno, {k: str(v) for k, v in obj.items()}
     else:
-        yield from iter_lines(p, keep_ends=keep_ends)
+        raise DataError(f"{p}: unsupported table format (use .tsv, .csv or .jsonl, optionally .gz)")
+
+
+def iter_records(path: str | os.PathLike, *, text_column: str = "text",
+                 keep_ends: bool = False) -> Iterator[tuple[int, str]]:
+    """(line_number, text) of a corpus file. Plain text gives its lines; a table
+    (`.tsv`, `.csv`, `.jsonl`, optionally `.gz`) gives the `text_column` of each row, so
+    labelled datasets double as pretraining text."""
+    if not is_table(path):
+        yield from iter_lines(path, keep_ends=keep_ends)
+        return
+    end = "\n" if keep_ends else ""
+    for lineno, row in iter_rows(path):
+        if text_column not in row:
+            raise DataError(f"{path}:{lineno}: no column {text_column!r} (columns: {', '.join(row)})")
+        yield lineno, row[text_column] + end

@@ -30,7 +30,7 @@ def prepare_tokenizer(cfg: RunConfig) -> Tokenizer:
     own = Path(cfg.out_dir) / "tokenizer"
     if dist.is_main() and not (own / "tokenizer.json").exists():
         files = tc.files or cfg.data.train
-        text_files = _text_view(files, Path(cfg.out_dir))
+        text_files = [resolve_data_path(f) for f in files]  # tables contribute their text column
         size = "" if tc.kind == "char" else f" (vocab {tc.vocab_size})"
         log.info("training a %s tokenizer%s on %s", tc.kind, size, ", ".join(files))
         tok = Tokenizer.train(tc.kind, text_files, tc.vocab_size, min_frequency=tc.min_frequency,
@@ -38,25 +38,6 @@ def prepare_tokenizer(cfg: RunConfig) -> Tokenizer:
         tok.save(own)
     dist.barrier()
     return Tokenizer.load(own)
-
-
-def _text_view(files: list[str], out_dir: Path) -> list[Path]:
-    """Tokenizers train on plain text: tables (.tsv/.csv/.jsonl) contribute their text column."""
-    from zerolm.data.text import iter_records
-
-    out = []
-    for f in files:
-        p = resolve_data_path(f)
-        if any(s in p.name for s in (".tsv", ".csv", ".jsonl")):
-            dst = out_dir / "tokenizer-text" / (p.name.split(".")[0] + "-" + p.parent.name + ".txt")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with open(dst, "w", encoding="utf-8") as fh:
-                for _, text in iter_records(p):
-                    fh.write(text + "\n")
-            out.append(dst)
-        else:
-            out.append(p)
-    return out
 
 
 def build_batches(cfg: RunConfig, tok: Tokenizer):
