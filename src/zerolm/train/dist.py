@@ -66,5 +66,8 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    """Leave the process group together: a rank that exits while another still talks to
+    it can abort the gloo transport ("terminate called without an active exception")."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
