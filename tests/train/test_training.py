@@ -92,6 +92,7 @@ def test_unknown_config_key_names_the_closest_valid_key(tmp_path):
         load_config(TINY_CHAR, ["train.batchsize=3"])
     with pytest.raises(ConfigError, match=r"train.max_steps: expected an integer"):
         load_config(TINY_CHAR, ["train.max_steps=many"])
+    assert load_config(TINY_CHAR, ["optim.lr=1e-3"]).optim.lr == 1e-3  # YAML 1.1 reads this as a string
 
 
 def test_empty_corpus_fails_naming_the_file(tmp_path):

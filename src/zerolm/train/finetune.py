@@ -91,8 +91,6 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[TrainResult,
     summary = apply_strategy(model, s.name, freeze_layers=s.freeze_layers, lora_rank=s.lora_rank,
                              lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
                              lora_targets=tuple(s.lora_targets), adapter_size=s.adapter_size)
-    log.info("strategy %s: %s of %s parameters train (%.2f%%)", s.name, f"{summary['trainable']:,}",
-             f"{summary['total']:,}", summary["percent"])
     out = Path(cfg.out_dir)
     task = ClassificationTask(labels.names, cfg.task.class_weights or None)
     trainer = Trainer(model, task, train_data, val_data=dev_data, train=tr, optim=cfg.optim,
