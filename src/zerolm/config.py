@@ -324,9 +324,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg.validate() if hasattr(cfg, "validate") else cfg
 
 
-def config_from_dict(data: dict[str, Any], cls: type = RunConfig) -> Any:
-    return _build(cls, data)
-
-
 def dump_config(cfg: Any) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

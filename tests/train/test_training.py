@@ -67,7 +67,6 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     def poison(trainer, step, row):
         if step == 3:
             with torch.no_grad():
-                trainer.model.tok_emb.weight[0, 0] = float("nan")
                 trainer.model.tok_emb.weight.fill_(float("nan"))
 
     with pytest.raises(TrainingError, match=r"loss is nan at step 4.*step-00000002"):

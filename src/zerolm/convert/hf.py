@@ -75,7 +75,7 @@ def _act(name: str, source: Path) -> str:
     return _ACT_IN[name]
 
 
-def config_to_hf(cfg: ModelConfig, with_heads: bool = True) -> dict:
+def config_to_hf(cfg: ModelConfig) -> dict:
     if cfg.family == "bert":
         return {"architectures": ["BertForPreTraining" if cfg.sentence_head else "BertForMaskedLM"],
                 "model_type": "bert", "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
@@ -299,15 +299,9 @@ def export_hf(model, directory: str | os.PathLike, tokenizer=None) -> Path:
 
     cfg: ModelConfig = model.config
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tied = cfg.tie_embeddings
-    if cfg.family == "bert":
-        if tied:
-            sd.pop("lm_head.weight", None)
-        hf_sd = _bert_to_hf(sd)
-    else:
-        if tied:
-            sd.pop("lm_head.weight", None)
-        hf_sd = _gpt_to_hf(sd)
+    if cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)  # HF re-ties it from the word embeddings
+    hf_sd = _bert_to_hf(sd) if cfg.family == "bert" else _gpt_to_hf(sd)
     directory = Path(directory)
     with AtomicDir(directory) as tmp:
         save_file(hf_sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from zerolm.errors import DataError
@@ -89,14 +89,6 @@ def iter_lines(path: str | os.PathLike, *, keep_ends: bool = False) -> Iterator[
 def read_text(path: str | os.PathLike) -> str:
     """The whole file as one string (used for character-level corpora)."""
     return "".join(line for _, line in iter_lines(path, keep_ends=True))
-
-
-def iter_texts(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
-    """Non-blank lines of every file, in order (for tokenizer training)."""
-    for path in paths:
-        for _, line in iter_lines(path):
-            if line.strip():
-                yield line
 
 
 def is_table(path: str | os.PathLike) -> bool:

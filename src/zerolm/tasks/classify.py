@@ -33,7 +33,6 @@ class ClassificationTask:
     def evaluate(self, model, batches):
         device = next(model.parameters()).device
         y_true, y_pred, loss_sum, n = [], [], 0.0, 0
-        probs_all, order = [], []
         for batch in batches:
             batch = to_device(batch, device)
             logits = self._logits(model, batch).float()
@@ -41,9 +40,6 @@ class ClassificationTask:
             n += len(batch["labels"])
             y_true += batch["labels"].tolist()
             y_pred += logits.argmax(-1).tolist()
-            probs_all.append(torch.softmax(logits, -1).cpu())
-            if "index" in batch:
-                order += batch["index"].tolist()
         rep = classification_report(y_true, y_pred, self.label_names)
         rep["loss"] = loss_sum / max(n, 1)
         self.last_report = rep

@@ -44,10 +44,11 @@ def build_batches(cfg: RunConfig, tok: Tokenizer):
     """(train batches, val batches) for the configured objective."""
     d, t = cfg.data, cfg.task
     keep_ends = tok.kind != "wordpiece"
-    if dist.is_main():
-        corpus = load_corpus(d.train, tok, keep_line_ends=keep_ends, cache_dir=d.cache_dir)
-    dist.barrier()
+    if not dist.is_main():
+        dist.barrier()  # rank 0 tokenizes and caches first
     corpus = load_corpus(d.train, tok, keep_line_ends=keep_ends, cache_dir=d.cache_dir)
+    if dist.is_main():
+        dist.barrier()
     if d.val:
         val = load_corpus(d.val, tok, keep_line_ends=keep_ends, cache_dir=d.cache_dir)
         train = corpus
