@@ -134,30 +134,40 @@ class RunConfig:
 
 @dataclass
 class LabelledDataConfig:
-    train: str = ""  # labelled table (.tsv / .csv / .jsonl, optionally .gz); relative to $ZEROLM_DATA
-    dev: str = ""  # validation table with the same columns
-    text_column: str = "text"  # column with the (first) text
-    pair_column: str | None = None  # column with the second text of a sentence pair
-    label_column: str = "label"  # column with the class name
+    train: str = ""  # labelled file; relative paths resolve against $ZEROLM_DATA (pkg: for shipped data)
+    dev: str = ""  # validation file in the same format
+    # classify: a table (.tsv / .csv / .jsonl, optionally .gz) with named columns
+    text_column: str = "text"  # classify: column with the (first) text
+    pair_column: str | None = None  # classify: column with the second text of a sentence pair
+    label_column: str = "label"  # classify: column with the class name
+    # tag: CoNLL column file, one token per line, a blank line between sentences
+    token_column: int = 0  # tag: column index of the word (columns split on tabs, else spaces)
+    tag_column: int = -1  # tag: column index of the tag (-1: the last one)
+    scheme: Literal["iob2", "iob1"] = "iob2"  # tag: the file's tagging scheme; iob1 is converted to iob2
+    # clm: JSONL with one prompt / completion pair per line
+    prompt_column: str = "prompt"  # clm: the conditioning text (no loss on it)
+    completion_column: str = "completion"  # clm: the text the model learns to produce
     max_length: int = 128  # longer inputs are truncated (the count is reported)
 
 
 @dataclass
 class StrategyConfig:
-    name: Literal["full", "freeze", "head_only", "bitfit", "lora", "adapter"] = "full"  # which weights train
+    name: Literal["full", "freeze", "head_only", "bitfit", "lora", "adapter", "prompt", "prefix"] = "full"  # which weights train
     freeze_layers: int = 0  # freeze: also freeze the bottom k blocks (embeddings are always frozen)
     lora_rank: int = 8  # lora: rank r of the update B @ A
     lora_alpha: float = 16.0  # lora: the update is scaled by alpha / r
     lora_dropout: float = 0.0  # lora: dropout on the LoRA path
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # module names to adapt
     adapter_size: int = 64  # adapter: bottleneck width
+    prompt_length: int = 20  # prompt / prefix: number of virtual tokens (prompt: they take input positions)
 
 
 @dataclass
-class ClassifyTaskConfig:
-    name: Literal["classify"] = "classify"  # sentence (pair) classification
-    class_weights: list[float] = field(default_factory=list)  # per label (sorted names); empty: none
-    head_dropout: float = 0.1  # dropout before the classifier
+class FinetuneTaskConfig:
+    name: Literal["classify", "tag", "clm"] = "classify"  # sentence (pair) classification, token tagging, prompt -> completion
+    class_weights: list[float] = field(default_factory=list)  # classify: per label (sorted names); empty: none
+    head_dropout: float = 0.1  # classify / tag: dropout before the linear head
+    crf: bool = False  # tag: a linear-chain CRF on top (forward-algorithm loss, Viterbi decoding)
 
 
 @dataclass
@@ -167,7 +177,7 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(family="bert"))  # only when init is None
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(kind="wordpiece"))  # idem
     data: LabelledDataConfig = field(default_factory=LabelledDataConfig)
-    task: ClassifyTaskConfig = field(default_factory=ClassifyTaskConfig)
+    task: FinetuneTaskConfig = field(default_factory=FinetuneTaskConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="linear", warmup_steps=0))
@@ -179,6 +189,15 @@ class FinetuneConfig:
             raise ConfigError("data.train and data.dev: give the labelled training and validation files")
         if self.init is None and not self.tokenizer.files and not self.tokenizer.path:
             raise ConfigError("from scratch (init: null) needs tokenizer.path or tokenizer.files")
+        t, s = self.task, self.strategy
+        if t.crf and t.name != "tag":
+            raise ConfigError(f"task.crf needs task.name 'tag', got {t.name!r}")
+        if t.class_weights and t.name != "classify":
+            raise ConfigError(f"task.class_weights needs task.name 'classify', got {t.name!r}")
+        if s.name in ("prompt", "prefix") and s.prompt_length < 1:
+            raise ConfigError(f"strategy.prompt_length must be >= 1 for {s.name} tuning")
+        if self.init is None and t.name == "clm" and self.model.family != "gpt":
+            raise ConfigError("task.name 'clm' needs a gpt model (model.family: gpt)")
         return self
 
 

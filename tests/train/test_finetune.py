@@ -23,7 +23,7 @@ def test_finetune_reviews_end_to_end(tmp_path, strategy):
     saved = json.loads((out / "eval.json").read_text())
     assert saved["labels"] == ["negative", "positive"]
     assert 0 <= saved["accuracy"] <= 1 and sum(map(sum, saved["confusion_matrix"])) == 90
-    assert (out / "confusion.png").stat().st_size > 1000 and (out / "labels.json").exists()
+    assert (out / "confusion.png").stat().st_size > 1000 and json.loads((out / "task.json").read_text())["labels"] == ["negative", "positive"]
     assert report["strategy"]["strategy"] == strategy
     if strategy == "lora":
         assert report["strategy"]["percent"] < 100

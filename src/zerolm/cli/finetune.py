@@ -17,9 +17,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from zerolm.config import FinetuneConfig, load_config
-    from zerolm.eval.metrics import format_report
     from zerolm.train import dist
-    from zerolm.train.finetune import finetune
+    from zerolm.train.finetune import finetune, task_module
 
     cfg = load_config(args.config, args.overrides, cls=FinetuneConfig)
     result, report = finetune(cfg, resume=args.resume)
@@ -28,8 +27,8 @@ def run(args) -> int:
         print(f"strategy {s['strategy']}: {s['trainable']:,} of {s['total']:,} parameters trained "
               f"({s['percent']:.2f}%); {result.step} steps in {result.wall_s:.0f} s "
               f"({report['samples_per_s']:.1f} samples/s)")
-        print(format_report(report))
-        print(f"report: {result.out_dir / 'eval.json'}   confusion matrix: {result.out_dir / 'confusion.png'}   "
+        print(task_module(cfg.task.name).format_report(report))
+        print(f"report: {result.out_dir / 'eval.json'}   plots: {result.out_dir}/*.png   "
               f"best model: {result.out_dir / 'best'}")
     dist.teardown()
     return 0

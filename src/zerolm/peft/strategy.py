@@ -76,6 +76,7 @@ def apply_strategy(
     lora_dropout: float = 0.0,
     lora_targets: Sequence[str] = ("q_proj", "v_proj"),
     adapter_size: int = 64,
+    prompt_length: int = 20,
 ) -> dict:
     """Make `model` train with `strategy` (in place) and return its trainable summary.
 

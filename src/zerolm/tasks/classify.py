@@ -3,15 +3,20 @@ full per-class report with the confusion matrix."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
-from zerolm.eval.metrics import classification_report
-from zerolm.tasks.base import to_device
+from zerolm.eval.metrics import classification_report, format_report
+from zerolm.tasks.base import FinetuneSetup, to_device
+
+__all__ = ["ClassificationTask", "format_report", "from_meta", "setup"]
 
 
 class ClassificationTask:
     name = "classify"
+    metric = "accuracy"  # the headline metric (compare tables, default early stopping)
 
     def __init__(self, label_names: list[str], class_weights: list[float] | None = None):
         self.label_names = label_names
@@ -45,3 +50,48 @@ class ClassificationTask:
         self.last_report = rep
         return {"loss": rep["loss"], "accuracy": rep["accuracy"], "macro_f1": rep["macro"]["f1"],
                 "weighted_f1": rep["weighted"]["f1"]}
+
+    @torch.no_grad()
+    def predict(self, model, batch) -> list[dict]:
+        """One {"label", "probs": {name: p}} per row of `batch`."""
+        probs = self._logits(model, batch).float().softmax(-1)  # (B, C)
+        return [{"label": self.label_names[int(p.argmax())],
+                 "probs": {n: round(float(v), 6) for n, v in zip(self.label_names, p)}} for p in probs]
+
+    def write_plots(self, report: dict, out_dir: Path, title: str) -> list[Path]:
+        from zerolm.eval.plots import plot_confusion_matrix
+
+        return [plot_confusion_matrix(report["confusion_matrix"], self.label_names, out_dir / "confusion.png",
+                                      title=f"{title}: accuracy {report['accuracy']:.4f}")]
+
+
+def setup(cfg, body, tokenizer, *, max_length: int, micro_per_step: int = 1) -> FinetuneSetup:
+    """Read the labelled tables, fix the label set from train, add a classification head."""
+    from zerolm.data.labelled import ClassificationBatches, LabelSet, read_examples
+    from zerolm.errors import ConfigError
+    from zerolm.models.heads import SequenceClassifier
+
+    d, tr = cfg.data, cfg.train
+    cols = {"text_column": d.text_column, "pair_column": d.pair_column, "label_column": d.label_column}
+    train_ex, dev_ex = read_examples(d.train, **cols), read_examples(d.dev, **cols)
+    labels = LabelSet.from_examples(train_ex)
+    y_train, y_dev = labels.encode(train_ex), labels.encode(dev_ex)
+    if cfg.task.class_weights and len(cfg.task.class_weights) != len(labels):
+        raise ConfigError(f"task.class_weights has {len(cfg.task.class_weights)} values for "
+                          f"{len(labels)} labels {labels.names}")
+    train_data = ClassificationBatches(train_ex, y_train, tokenizer, max_length=max_length,
+                                       batch_size=tr.batch_size, seed=tr.seed, micro_per_step=micro_per_step)
+    dev_data = ClassificationBatches(dev_ex, y_dev, tokenizer, max_length=max_length,
+                                     batch_size=tr.batch_size, seed=tr.seed)
+    torch.manual_seed(tr.seed)
+    model = SequenceClassifier(body, len(labels), dropout=cfg.task.head_dropout)
+    task = ClassificationTask(labels.names, cfg.task.class_weights or None)
+    meta = {"task": "classify", "labels": labels.names, "pair": d.pair_column is not None}
+    return FinetuneSetup(model, task, train_data, dev_data, meta, truncated=train_data.truncated)
+
+
+def from_meta(meta: dict, body):
+    """The classifier and its task, rebuilt from task.json (weights are loaded after)."""
+    from zerolm.models.heads import SequenceClassifier
+
+    return SequenceClassifier(body, len(meta["labels"])), ClassificationTask(meta["labels"])

@@ -1,6 +1,12 @@
-"""Fine-tuning for sentence (pair) classification from a FinetuneConfig: load a
-pretrained body (zerolm or Hugging Face directory) or build one, add the head, apply the
-training strategy as a transform, run the one loop, and report honestly on dev."""
+"""Fine-tuning from a FinetuneConfig: load a pretrained body (zerolm or Hugging Face
+directory) or build one, let the task add its head and read its data, apply the training
+strategy as a transform, run the one loop, and report honestly on dev.
+
+What differs between tasks (classify, tag, clm) lives in each task module's `setup`;
+everything else (strategy, loop, best checkpoint, eval.json, plots) is written once here.
+A fine-tuned directory (best/, final/) holds the model plus task.json, so
+`load_finetuned` can rebuild exactly the trained model for `zerolm predict`.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +16,31 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from zerolm.config import FinetuneConfig, RunConfig, dump_config
-from zerolm.data.labelled import ClassificationBatches, LabelSet, read_examples
-from zerolm.errors import ConfigError
+from zerolm.config import FinetuneConfig, RunConfig, StrategyConfig, dump_config
+from zerolm.errors import CheckpointError, ConfigError
 from zerolm.models import build_model
-from zerolm.models.heads import SequenceClassifier
-from zerolm.tasks.classify import ClassificationTask
+from zerolm.tasks.base import FinetuneSetup
 from zerolm.train import dist
-from zerolm.train.checkpoint import atomic_write_text, load_model, load_weights
+from zerolm.train.checkpoint import atomic_write_text, load_model, load_model_config, load_weights
 from zerolm.train.loop import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
+
+TASK_FILE = "task.json"
+# task name -> module under zerolm.tasks with `setup(cfg, body, tok, *, max_length, micro_per_step)`
+# and `from_meta(meta, body) -> (model, task)`
+TASK_MODULES = {"classify": "classify", "tag": "tag", "clm": "clm_finetune"}
+
+
+def task_module(name: str):
+    if name not in TASK_MODULES:
+        raise ConfigError(f"unknown fine-tuning task {name!r}; choose from {sorted(TASK_MODULES)}")
+    return importlib.import_module(f"zerolm.tasks.{TASK_MODULES[name]}")
 
 
 def resolve_init(init: str) -> Path:
@@ -57,6 +74,23 @@ def _body_and_tokenizer(cfg: FinetuneConfig):
     return build_model(mcfg), tok
 
 
+def _strategy_kwargs(s: StrategyConfig) -> dict[str, Any]:
+    return dict(freeze_layers=s.freeze_layers, lora_rank=s.lora_rank, lora_alpha=s.lora_alpha,
+                lora_dropout=s.lora_dropout, lora_targets=tuple(s.lora_targets),
+                adapter_size=s.adapter_size, prompt_length=s.prompt_length)
+
+
+def max_input_length(cfg: FinetuneConfig, body: nn.Module) -> int:
+    """Tokens an input may have: data.max_length, within the positions the model has left
+    after soft-prompt tokens (which take input positions)."""
+    reserved = cfg.strategy.prompt_length if cfg.strategy.name == "prompt" else 0
+    room = body.config.max_seq_len - reserved
+    if room < 2:
+        raise ConfigError(f"strategy.prompt_length {reserved} leaves no room in model.max_seq_len "
+                          f"{body.config.max_seq_len}")
+    return min(cfg.data.max_length, room)
+
+
 def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[TrainResult, dict]:
     """Train as configured; returns the loop's result and the dev report of the best model."""
     from zerolm.peft import apply_strategy
@@ -65,56 +99,82 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[TrainResult,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     body, tok = _body_and_tokenizer(cfg)
-    d = cfg.data
-    train_ex = read_examples(d.train, text_column=d.text_column, pair_column=d.pair_column,
-                             label_column=d.label_column)
-    dev_ex = read_examples(d.dev, text_column=d.text_column, pair_column=d.pair_column,
-                           label_column=d.label_column)
-    labels = LabelSet.from_examples(train_ex)
-    y_train, y_dev = labels.encode(train_ex), labels.encode(dev_ex)
-    if cfg.task.class_weights and len(cfg.task.class_weights) != len(labels):
-        raise ConfigError(f"task.class_weights has {len(cfg.task.class_weights)} values for "
-                          f"{len(labels)} labels {labels.names}")
-    max_len = min(d.max_length, body.config.max_seq_len)
     tr = cfg.train
     micro = tr.grad_accum * dist.world_size()
-    train_data = ClassificationBatches(train_ex, y_train, tok, max_length=max_len, batch_size=tr.batch_size,
-                                       seed=tr.seed, micro_per_step=micro)
-    dev_data = ClassificationBatches(dev_ex, y_dev, tok, max_length=max_len, batch_size=tr.batch_size,
-                                     seed=tr.seed)
+    mod = task_module(cfg.task.name)
+    st: FinetuneSetup = mod.setup(cfg, body, tok, max_length=max_input_length(cfg, body),
+                                  micro_per_step=micro)
     if tr.epochs > 0:
-        tr = dataclasses.replace(tr, max_steps=math.ceil(tr.epochs * train_data.steps_per_epoch()))
+        tr = dataclasses.replace(tr, max_steps=math.ceil(tr.epochs * st.train_data.steps_per_epoch()))
         cfg = dataclasses.replace(cfg, train=tr)
     torch.manual_seed(tr.seed)
-    model = SequenceClassifier(body, len(labels), dropout=cfg.task.head_dropout)
-    s = cfg.strategy
-    summary = apply_strategy(model, s.name, freeze_layers=s.freeze_layers, lora_rank=s.lora_rank,
-                             lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                             lora_targets=tuple(s.lora_targets), adapter_size=s.adapter_size)
+    summary = apply_strategy(st.model, cfg.strategy.name, **_strategy_kwargs(cfg.strategy))
     out = Path(cfg.out_dir)
-    task = ClassificationTask(labels.names, cfg.task.class_weights or None)
-    trainer = Trainer(model, task, train_data, val_data=dev_data, train=tr, optim=cfg.optim,
+    meta = {**st.meta, "strategy": dataclasses.asdict(cfg.strategy)}
+    trainer = Trainer(st.model, st.task, st.train_data, val_data=st.dev_data, train=tr, optim=cfg.optim,
                       schedule=cfg.schedule, out_dir=out, config_text=dump_config(cfg), tokenizer=tok,
                       device=device)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "labels.json", labels.to_json())
+        atomic_write_text(out / TASK_FILE, json.dumps(meta, indent=2))
     if resume:
         trainer.resume()
+    peak0 = _peak_rss_mb()
     result = trainer.fit()
     report: dict = {}
     if dist.is_main():
-        best = out / "best" / "model.safetensors"
-        if best.exists():
-            load_weights(model, best)
-        model.eval()
-        task.evaluate(model, dev_data.eval_batches())
-        report = dict(task.last_report or {})
-        report.update(strategy=summary, truncated_train=train_data.truncated, steps=result.step,
-                      wall_s=result.wall_s, samples_per_s=result.step * tr.batch_size * micro / max(result.wall_s, 1e-9))
+        best = out / "best"
+        for d in (best, out / "final"):
+            if d.is_dir():
+                atomic_write_text(d / TASK_FILE, json.dumps(meta, indent=2))
+        if (best / "model.safetensors").exists():
+            load_weights(st.model, best / "model.safetensors")
+        st.model.eval()
+        st.task.evaluate(st.model, st.dev_data.eval_batches())
+        report = dict(st.task.last_report or {})
+        report.update(task=cfg.task.name, metric=st.task.metric, strategy=summary,
+                      truncated_train=st.truncated, steps=result.step, wall_s=result.wall_s,
+                      samples_per_s=result.step * tr.batch_size * micro / max(result.wall_s, 1e-9),
+                      peak_rss_mb=max(peak0, _peak_rss_mb()))
         atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
-        from zerolm.eval.plots import plot_confusion_matrix
-
-        plot_confusion_matrix(report["confusion_matrix"], labels.names, out / "confusion.png",
-                              title=f"{Path(d.dev).name}: accuracy {report['accuracy']:.4f}")
+        try:
+            st.task.write_plots(report, out, Path(cfg.data.dev).name)
+        except Exception as e:  # a plot must never cost the run
+            log.warning("could not draw the evaluation plots: %s", e)
     return result, report
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MiB; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_finetuned(directory: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer, task, meta) from a fine-tuned directory (best/ or final/ of a run).
+
+    The body is rebuilt from model_config.json, the task adds its head from task.json, the
+    strategy's modules (LoRA, adapters, prompts) are put back, then the weights are loaded.
+    """
+    from zerolm.peft import apply_strategy
+    from zerolm.tokenizers import Tokenizer
+
+    directory = Path(directory)
+    meta_path = directory / TASK_FILE
+    if not meta_path.exists():
+        raise CheckpointError(f"{directory}: not a fine-tuned model directory (no {TASK_FILE}); "
+                              "pass the best/ or final/ folder of a `zerolm finetune` run")
+    try:
+        meta = json.loads(meta_path.read_text())
+        name = meta["task"]
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{meta_path}: unreadable task description ({e})") from None
+    body = build_model(load_model_config(directory))
+    model, task = task_module(name).from_meta(meta, body)
+    s = StrategyConfig(**meta.get("strategy", {}))
+    apply_strategy(model, s.name, **_strategy_kwargs(s))
+    load_weights(model, directory / "model.safetensors")
+    tok_dir = directory / "tokenizer"
+    tok = Tokenizer.load(tok_dir) if tok_dir.exists() else None
+    return model.to(device).eval(), tok, task, meta
