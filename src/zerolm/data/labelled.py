@@ -11,9 +11,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from zerolm.data.batching import BucketedBatches
 from zerolm.data.text import iter_rows, resolve_data_path
 from zerolm.errors import DataError
 
@@ -76,10 +76,8 @@ class LabelSet:
         return cls(json.loads(text)["labels"])
 
 
-class ClassificationBatches:
-    """Tokenized once; epochs of shuffled batches where each batch holds texts of similar
-    length (sorted within windows of 50 batches), so dynamic padding wastes little.
-    `batch(step, index)` is a pure function of (seed, step, index), as the loop needs."""
+class ClassificationBatches(BucketedBatches):
+    """Sentence (pair) classification examples, tokenized once, in length-bucketed batches."""
 
     def __init__(self, examples: list[Example], labels: list[int], tokenizer, *, max_length: int,
                  batch_size: int, seed: int, micro_per_step: int = 1):
@@ -92,43 +90,11 @@ class ClassificationBatches:
             log.warning("%d of %d inputs were truncated to %d tokens", self.truncated, len(texts), max_length)
         self.ids, self.types = enc["input_ids"], enc["token_type_ids"]
         self.labels = labels
-        self.tok, self.batch_size, self.seed = tokenizer, batch_size, seed
-        self.micro_per_step = micro_per_step  # micro-batches per optimizer step over all processes
-        self.n_batches = -(-len(self.ids) // batch_size)
-        self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
+        self.tok = tokenizer
+        super().__init__([len(x) for x in self.ids], batch_size=batch_size, seed=seed,
+                         micro_per_step=micro_per_step)
 
-    def _collate(self, idx) -> dict[str, torch.Tensor]:
+    def collate(self, idx) -> dict[str, torch.Tensor]:
         b = self.tok.pad([self.ids[i] for i in idx], token_type_ids=[self.types[i] for i in idx])
         b["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
         return b
-
-    def _epoch(self, epoch: int) -> list[np.ndarray]:
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            perm = rng.permutation(len(self.ids))
-            lengths = np.array([len(self.ids[i]) for i in perm])
-            window = self.batch_size * 50
-            batches = []
-            for s in range(0, len(perm), window):
-                chunk = perm[s:s + window][np.argsort(-lengths[s:s + window], kind="stable")]
-                batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-            rng.shuffle(batches)
-            self._epoch_cache = (epoch, batches)
-        return self._epoch_cache[1]
-
-    def steps_per_epoch(self) -> int:
-        return max(self.n_batches // self.micro_per_step, 1)
-
-    def batch(self, step: int, index: int) -> dict[str, torch.Tensor]:
-        pos = step * self.micro_per_step + index
-        epoch, j = divmod(pos, self.n_batches)
-        return self._collate(self._epoch(epoch)[j])
-
-    def eval_batches(self, max_batches: int = 0):
-        order = np.argsort([-len(x) for x in self.ids], kind="stable")
-        for b, s in enumerate(range(0, len(order), self.batch_size)):
-            if max_batches and b >= max_batches:
-                return
-            batch = self._collate(order[s:s + self.batch_size])
-            batch["index"] = torch.as_tensor(order[s:s + self.batch_size])
-            yield batch
