@@ -14,7 +14,7 @@ import sys
 from zerolm.errors import ZeroLMError
 
 # verb module names under zerolm.cli, in the order `zerolm --help` lists them
-VERBS = ["quickstart", "tokenizer", "pretrain", "finetune", "generate", "eval", "embed", "similar", "convert", "config"]
+VERBS = ["quickstart", "tokenizer", "pretrain", "finetune", "predict", "compare", "generate", "eval", "embed", "similar", "convert", "config"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,12 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # dotted overrides may also follow a verb's options (`... --strategies a,b x.y=1`)
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

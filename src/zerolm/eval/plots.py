@@ -61,3 +61,54 @@ def plot_confusion_matrix(cm, labels: list[str], out_png: str | Path, title: str
     fig.savefig(out_png)
     plt.close(fig)
     return Path(out_png)
+
+
+def plot_strategy_comparison(rows: list[dict], out_png: str | Path, title: str = "") -> Path:
+    """One bar per fine-tuning strategy: the headline metric, labelled with the share of
+    parameters trained and the wall time."""
+    plt = _pyplot()
+    names = [r["strategy"] for r in rows]
+    values = [r["value"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 4.2), dpi=120)
+    bars = ax.bar(names, values, color="#4C72B0")
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 0.05
+    ax.set_ylim(max(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad)
+    for b, r in zip(bars, rows):
+        ax.annotate(f"{r['value']:.4f}\n{r['percent']:.2g}% trained\n{r['wall_s']:.0f} s",
+                    (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel(rows[0]["metric"] if rows else "")
+    ax.set_title(f"fine-tuning strategies: {title}")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_entity_scores(per_type: dict[str, dict], out_png: str | Path, title: str = "entities") -> Path:
+    """Precision, recall and F1 of each entity type side by side, with the number of gold
+    entities under each type: which types the tagger misses, and whether by over- or
+    under-predicting them."""
+    import numpy as np
+
+    names = list(per_type)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names) + 2), 4.2), dpi=120)
+    x = np.arange(len(names))
+    for k, (metric, color) in enumerate([("precision", "#4C72B0"), ("recall", "#DD8452"), ("f1", "#55A868")]):
+        vals = [per_type[n][metric] for n in names]
+        bars = ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=metric, color=color)
+        if metric == "f1":
+            for b, v in zip(bars, vals):
+                ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [f"{n}\n({per_type[n]['support']})" for n in names])
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)

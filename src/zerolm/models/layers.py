@@ -97,27 +97,50 @@ class MultiHeadAttention(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
-        B, T, D = x.shape
-        # (B, T, D) -> (B, H, T, Dh)
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        past = 0
+        q = split_heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
+        k = split_heads(self.k_proj(x), self.n_heads)
+        v = split_heads(self.v_proj(x), self.n_heads)
         if cache is not None:
-            past = cache.length
             k, v = cache.append(layer, k, v)  # (B, H, S, Dh)
-        is_causal = False
-        if causal and mask is None:
-            if past == 0:
-                is_causal = T > 1  # SDPA's causal mask is aligned top-left: right only without a past
-            elif T > 1:
-                mask = causal_mask(T, past + T, x.device)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-        )  # (B, H, T, Dh)
-        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
-        return self.o_proj(y)
+        y = attend(q, k, v, mask, causal, self.attn_dropout if self.training else 0.0)  # (B, H, T, Dh)
+        return self.o_proj(merge_heads(y))  # (B, T, D)
+
+
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, T, D) -> (B, H, T, Dh)."""
+    B, T, _ = x.shape
+    return x.view(B, T, n_heads, -1).transpose(1, 2)
+
+
+def merge_heads(y: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, Dh) -> (B, T, D)."""
+    B, H, T, Dh = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * Dh)
+
+
+def attend(
+    q: torch.Tensor,  # (B, H, T, Dh)
+    k: torch.Tensor,  # (B, H, S, Dh), S >= T
+    v: torch.Tensor,  # (B, H, S, Dh)
+    mask: torch.Tensor | None = None,  # bool (B or 1, 1, T or 1, S), True = may attend
+    causal: bool = False,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Scaled dot-product attention (B, H, T, Dh) of T queries over S keys.
+
+    The queries are the last T of the S key positions (the keys before them come from a
+    KV cache); `causal` lets query i see keys 0..S - T + i. A given `mask` must already
+    hold causality: it replaces the causal rule.
+    """
+    T, S = q.shape[2], k.shape[2]
+    is_causal = False
+    if causal and mask is None:
+        if S == T:
+            is_causal = T > 1  # SDPA's causal mask is aligned top-left: right only when S == T
+        elif T > 1:
+            mask = causal_mask(T, S, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                          dropout_p=dropout_p)
 
 
 def causal_mask(t: int, s: int, device=None) -> torch.Tensor:

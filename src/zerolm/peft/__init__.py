@@ -1,7 +1,7 @@
 """Parameter-efficient fine-tuning as transforms on a finished model.
 
 Nothing here subclasses a model: strategies set `requires_grad` and swap modules found
-by their stable names (`q_proj`, `attn.o_proj`, ...), keeping the base state-dict keys.
+by their stable names (`q_proj`, `attn`, `tok_emb`, ...), keeping the base state-dict keys.
 """
 
 from zerolm.peft.adapter import BottleneckAdapter, LinearWithAdapter, apply_adapters
@@ -13,6 +13,7 @@ from zerolm.peft.lora import (
     merge_lora,
 )
 from zerolm.peft.match import find_modules, name_matches, replace_module
+from zerolm.peft.prompt import PrefixAttention, PromptEmbedding, apply_prefix, apply_prompt
 from zerolm.peft.strategy import STRATEGIES, apply_strategy, trainable_summary
 
 __all__ = [
@@ -20,8 +21,12 @@ __all__ = [
     "BottleneckAdapter",
     "LinearWithAdapter",
     "LoRALinear",
+    "PrefixAttention",
+    "PromptEmbedding",
     "apply_adapters",
     "apply_lora",
+    "apply_prefix",
+    "apply_prompt",
     "apply_strategy",
     "find_modules",
     "load_lora_state_dict",

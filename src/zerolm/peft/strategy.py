@@ -1,8 +1,9 @@
 """Fine-tuning strategies: which parameters of a finished model train.
 
 `apply_strategy` is the one entry point the training loop needs: it swaps modules
-(LoRA, adapters) where the strategy asks for it and sets `requires_grad` on every
-parameter; the optimizer then takes the parameters that require gradients.
+(LoRA, adapters, soft prompts, prefixes) where the strategy asks for it and sets
+`requires_grad` on every parameter; the optimizer then takes the parameters that require
+gradients.
 
 A parameter shared by several modules (an LM head tied to the token embedding) is a
 head parameter only if every module that owns it is a head: otherwise LoRA on a tied
@@ -20,10 +21,11 @@ from torch import nn
 from zerolm.peft.adapter import BottleneckAdapter, apply_adapters
 from zerolm.peft.lora import LoRALinear, apply_lora
 from zerolm.peft.match import shared_names
+from zerolm.peft.prompt import PrefixAttention, PromptEmbedding, apply_prefix, apply_prompt
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("full", "freeze", "head_only", "bitfit", "lora", "adapter")
+STRATEGIES = ("full", "freeze", "head_only", "bitfit", "lora", "adapter", "prompt", "prefix")
 HEAD_NAMES = ("classifier", "lm_head", "crf", "sentence_head")
 EMBEDDING_NAMES = ("tok_emb", "pos_emb", "type_emb", "emb_norm")
 
@@ -83,7 +85,9 @@ def apply_strategy(
     full: everything trains. freeze: embeddings and the bottom `freeze_layers` blocks are
     frozen, the rest trains. head_only: only modules named in `head_names` train (a
     linear probe). bitfit: biases and the head. lora: LoRA A/B on `lora_targets` and the
-    head. adapter: Houlsby adapters, every LayerNorm and the head.
+    head. adapter: Houlsby adapters, every LayerNorm and the head. prompt: a soft prompt
+    of `prompt_length` input positions and the head. prefix: `prompt_length` prefix keys
+    and values in every self-attention, and the head.
     """
     if strategy not in STRATEGIES:
         close = difflib.get_close_matches(strategy, STRATEGIES, n=1)
@@ -96,10 +100,17 @@ def apply_strategy(
         apply_lora(model, lora_targets, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
     elif strategy == "adapter":
         apply_adapters(model, adapter_size)
+    elif strategy == "prompt":
+        apply_prompt(model, prompt_length)
+    elif strategy == "prefix":
+        apply_prefix(model, prompt_length)
 
     # ids of the parameters each module-typed rule selects
     lora_ids = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_a, m.lora_b)}
     adapter_ids = {id(p) for m in model.modules() if isinstance(m, BottleneckAdapter) for p in m.parameters()}
+    prompt_ids = {id(m.prompt) for m in model.modules() if isinstance(m, PromptEmbedding)}
+    prefix_ids = {id(p) for m in model.modules() if isinstance(m, PrefixAttention)
+                  for p in (m.prefix_k, m.prefix_v)}
     norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
 
     rules: dict[str, Callable[[int, list[str]], bool]] = {
@@ -111,6 +122,8 @@ def apply_strategy(
         "bitfit": lambda pid, names: all(n.endswith(".bias") or n == "bias" for n in names),
         "lora": lambda pid, names: pid in lora_ids,
         "adapter": lambda pid, names: pid in adapter_ids or pid in norm_ids,
+        "prompt": lambda pid, names: pid in prompt_ids,
+        "prefix": lambda pid, names: pid in prefix_ids,
     }
     rule = rules[strategy]
     params = {id(p): p for p in model.parameters()}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from zerolm.eval.metrics import classification_report, format_report
 from zerolm.tasks.base import FinetuneSetup, to_device
 
-__all__ = ["ClassificationTask", "format_report", "from_meta", "setup"]
+__all__ = ["ClassificationTask", "format_report", "from_meta", "prediction_data", "setup"]
 
 
 class ClassificationTask:
@@ -86,7 +86,8 @@ def setup(cfg, body, tokenizer, *, max_length: int, micro_per_step: int = 1) -> 
     torch.manual_seed(tr.seed)
     model = SequenceClassifier(body, len(labels), dropout=cfg.task.head_dropout)
     task = ClassificationTask(labels.names, cfg.task.class_weights or None)
-    meta = {"task": "classify", "labels": labels.names, "pair": d.pair_column is not None}
+    meta = {"task": "classify", "labels": labels.names, "text_column": d.text_column,
+            "pair_column": d.pair_column}
     return FinetuneSetup(model, task, train_data, dev_data, meta, truncated=train_data.truncated)
 
 
@@ -95,3 +96,35 @@ def from_meta(meta: dict, body):
     from zerolm.models.heads import SequenceClassifier
 
     return SequenceClassifier(body, len(meta["labels"])), ClassificationTask(meta["labels"])
+
+
+def prediction_data(path, tokenizer, meta: dict, *, max_length: int, batch_size: int):
+    """Batches of a file's texts (a table's text column, or one text per line) and the
+    input records to echo beside the predictions."""
+    from zerolm.data.labelled import ClassificationBatches, Example
+    from zerolm.data.text import is_table, iter_lines, iter_rows, resolve_data_path
+    from zerolm.errors import DataError
+
+    p = resolve_data_path(path)
+    text_col, pair_col = meta.get("text_column", "text"), meta.get("pair_column")
+    examples, records = [], []
+    if is_table(p):
+        for lineno, row in iter_rows(p):
+            for col in (text_col, pair_col):
+                if col is not None and col not in row:
+                    raise DataError(f"{p}:{lineno}: no column {col!r} (columns: {', '.join(row)})")
+            examples.append(Example(row[text_col], row[pair_col] if pair_col else None, "", f"{p}:{lineno}"))
+            records.append({k: row[k] for k in (text_col, pair_col) if k})
+    else:
+        if pair_col:
+            raise DataError(f"{p}: this model classifies sentence pairs; give a table with columns "
+                            f"{text_col!r} and {pair_col!r}")
+        for lineno, line in iter_lines(p):
+            if line.strip():
+                examples.append(Example(line, None, "", f"{p}:{lineno}"))
+                records.append({text_col: line})
+    if not examples:
+        raise DataError(f"{p}: no inputs")
+    data = ClassificationBatches(examples, [0] * len(examples), tokenizer, max_length=max_length,
+                                 batch_size=batch_size, seed=0)
+    return data, records

@@ -322,23 +322,34 @@ class Tokenizer:
                                  add_special_tokens=add_special_tokens,
                                  max_length=max_length)["input_ids"][0]
 
-    def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+    def encode_batch(self, texts: Sequence[str] | Sequence[Sequence[str]],
+                     pairs: Sequence[str] | Sequence[Sequence[str]] | None = None, *,
                      add_special_tokens: bool = True, max_length: int | None = None,
-                     return_word_ids: bool = False) -> dict[str, list]:
+                     return_word_ids: bool = False, is_pretokenized: bool = False) -> dict[str, list]:
         """Encode many texts at once (in parallel, in Rust).
 
         Returns a dict with "input_ids" and "token_type_ids" (lists of int lists) and,
         with `return_word_ids`, "word_ids" (the word index of each token, None for
         special tokens), used to align word-level labels.
+
+        With `is_pretokenized`, each text (and pair) is a list of words, as in a CoNLL
+        file: the tokenizer never splits across them, and word ids index that list. A
+        word that normalizes to nothing (a zero-width space) has no token. Byte-level
+        BPE sees every word after the first with a leading space, so the pieces are
+        those of the running text ("Ġworld"), as GPT-2's tokenizer with add_prefix_space.
         """
         if isinstance(texts, str):
             raise TypeError("encode_batch takes a list of strings, got one string; use encode")
         if pairs is not None and (isinstance(pairs, str) or len(pairs) != len(texts)):
             n = "a string" if isinstance(pairs, str) else f"{len(pairs)} pairs"
             raise ValueError(f"encode_batch needs one pair per text: got {len(texts)} texts and {n}")
+        if is_pretokenized:
+            texts = [self._words(t) for t in texts]
+            pairs = None if pairs is None else [self._words(t) for t in pairs]
         inputs: list = list(texts) if pairs is None else list(zip(texts, pairs))
+        kw = {"add_special_tokens": add_special_tokens, "is_pretokenized": is_pretokenized}
         if max_length is None:
-            encs = self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+            encs = self.backend.encode_batch(inputs, **kw)
         else:
             n_special = (self.backend.num_special_tokens_to_add(pairs is not None)
                          if add_special_tokens else 0)
@@ -349,7 +360,7 @@ class Tokenizer:
             with self._lock:
                 self.backend.enable_truncation(max_length, strategy="longest_first")
                 try:
-                    encs = self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+                    encs = self.backend.encode_batch(inputs, **kw)
                 finally:
                     self.backend.no_truncation()
         out: dict[str, list] = {"input_ids": [e.ids for e in encs],
@@ -357,6 +368,14 @@ class Tokenizer:
         if return_word_ids:
             out["word_ids"] = [e.word_ids for e in encs]
         return out
+
+    def _words(self, words: Sequence[str]) -> list[str]:
+        """One pre-split text for the backend (see `encode_batch(..., is_pretokenized=True)`)."""
+        if isinstance(words, str):
+            raise TypeError("with is_pretokenized=True each text is a list of words, got a string")
+        if self.kind == "bpe":
+            return [w if i == 0 else " " + w for i, w in enumerate(words)]
+        return list(words)
 
     def pad(self, batch_ids: Sequence[Sequence[int]], *,
             token_type_ids: Sequence[Sequence[int]] | None = None,
