@@ -174,6 +174,7 @@ class FinetuneTaskConfig:
 class FinetuneConfig:
     out_dir: str = "runs/finetune"  # where checkpoints, metrics, reports and plots go
     init: str | None = None  # zerolm or Hugging Face model directory, or python:MODULE; None: from scratch
+    reinit: bool = False  # take only the architecture and tokenizer of `init`, with fresh random weights (a baseline)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(family="bert"))  # only when init is None
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(kind="wordpiece"))  # idem
     data: LabelledDataConfig = field(default_factory=LabelledDataConfig)
@@ -189,6 +190,8 @@ class FinetuneConfig:
             raise ConfigError("data.train and data.dev: give the labelled training and validation files")
         if self.init is None and not self.tokenizer.files and not self.tokenizer.path:
             raise ConfigError("from scratch (init: null) needs tokenizer.path or tokenizer.files")
+        if self.reinit and not self.init:
+            raise ConfigError("reinit: true needs init: the model whose architecture and tokenizer to take")
         t, s = self.task, self.strategy
         if t.crf and t.name != "tag":
             raise ConfigError(f"task.crf needs task.name 'tag', got {t.name!r}")
@@ -320,20 +323,44 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def _read_tree(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a dict. A top-level `base: other.yaml` (relative to this file) is
+    read first and this file's keys are merged over it, section by section, so a variant
+    recipe states only what differs."""
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found")
+    if p.resolve() in seen:
+        raise ConfigError(f"{p}: `base` chain loops back to this file")
+    try:
+        tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: a config must be a mapping of sections")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: base must be the path of another config, got {base!r}")
+    return _merge(_read_tree(p.parent / base, (*seen, p.resolve())), tree)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                cls: type = RunConfig) -> Any:
-    """Load a YAML config (or the defaults when `path` is None) and apply `a.b=c` overrides."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{p}: a config must be a mapping of sections")
+                cls: type | None = None) -> Any:
+    """Load a YAML config (or the defaults when `path` is None) and apply `a.b=c` overrides.
+
+    `cls` None picks by content: a config with `init` (a fine-tuning recipe) is a
+    FinetuneConfig, anything else a pretraining RunConfig."""
+    tree: dict[str, Any] = _read_tree(Path(path)) if path is not None else {}
+    if cls is None:
+        cls = FinetuneConfig if "init" in tree else RunConfig
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value, cls)
     try:

@@ -13,7 +13,8 @@ def register(sub) -> None:
     show = csub.add_parser("show", help="print the resolved config as YAML",
                            epilog="example:\n  zerolm config show configs/tiny_gpt.yaml model.n_layers=2",
                            formatter_class=p.formatter_class)
-    show.add_argument("config", nargs="?", help="YAML run config (omit for the defaults)")
+    show.add_argument("config", nargs="?", help="YAML pretraining or fine-tuning config (omit for the "
+                      "pretraining defaults)")
     show.add_argument("overrides", nargs="*", help="dotted overrides such as model.d_model=64")
     show.set_defaults(func=run)
 

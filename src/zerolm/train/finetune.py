@@ -64,6 +64,9 @@ def _body_and_tokenizer(cfg: FinetuneConfig):
         body, tok = load_model(resolve_init(cfg.init))
         if tok is None:
             raise ConfigError(f"init: {cfg.init} has no tokenizer")
+        if cfg.reinit:  # the same network from random weights: what pretraining buys, measured
+            torch.manual_seed(cfg.train.seed)
+            body = build_model(body.config)
         return body, tok
     from zerolm.train.pretrain import prepare_tokenizer
 
