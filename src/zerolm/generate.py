@@ -51,6 +51,12 @@ def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig, history: torch.T
 
 
 @torch.no_grad()
+def input_room(model) -> int:
+    """Positions left for tokens: max_seq_len, less any that a transform such as a soft
+    prompt (zerolm.peft) has taken (it records them as `reserved_positions`)."""
+    return model.config.max_seq_len - getattr(model, "reserved_positions", 0)
+
+
 def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *, eos_id: int | None = None,
                  tokenizer=None) -> torch.Tensor:
     """Continue `input_ids` (B, T); returns the new tokens (B, N), N <= max_new_tokens."""
@@ -58,7 +64,7 @@ def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *, eos_i
     device = next(model.parameters()).device
     ids = input_ids.to(device)
     B, T = ids.shape
-    limit = model.config.max_seq_len
+    limit = input_room(model)
     n_new = cfg.max_new_tokens
     if cfg.use_cache and T + n_new > limit:
         n_new = max(limit - T, 0)

@@ -216,7 +216,8 @@ def test_one_step_moves_exactly_the_trainable_parameters(make, strategy):
         with pytest.raises(ValueError, match="no parameter to train"):
             apply_strategy(model, strategy)
         return
-    summary = apply_strategy(model, strategy, freeze_layers=1, lora_rank=2, adapter_size=3)
+    summary = apply_strategy(model, strategy, freeze_layers=1, lora_rank=2, adapter_size=3,
+                             prompt_length=4)
     perturb_zero_inits(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert summary["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -245,6 +246,12 @@ def test_one_step_moves_exactly_the_trainable_parameters(make, strategy):
                  for p, _ in mod.named_parameters()}
         adapters = {n for n in names if ".adapter." in n}
         assert adapters and trainable == heads | norms | adapters
+    elif strategy == "prompt":
+        prompt = {n for n in names if n.endswith("tok_emb.prompt")}
+        assert len(prompt) == 1 and trainable == heads | prompt
+    elif strategy == "prefix":
+        prefixes = {n for n in names if n.endswith((".attn.prefix_k", ".attn.prefix_v"))}
+        assert len(prefixes) == 2 * 2 and trainable == heads | prefixes
     if strategy != "full":
         assert summary["percent"] < 100
 

@@ -127,7 +127,7 @@ def _with_prompt(entry: Callable, emb: PromptEmbedding) -> Callable:
         bound = sig.bind(body, *args, **kwargs)
         a = bound.arguments  # edits here change the call below
         ids = a["input_ids"]  # (B, T)
-        B, T = ids.shape
+        T = ids.shape[1]
         cache: KVCache | None = a.get("cache")
         past = cache.length if cache is not None else 0
         insert = past == 0  # a cache that has seen tokens holds the prompt already
@@ -200,6 +200,8 @@ def apply_prompt(model: nn.Module, length: int = 20) -> str:
     setattr(body, entry, types.MethodType(_with_prompt(getattr(type(body), entry), emb), body))
     if callable(getattr(type(body), "new_cache", None)):
         body.new_cache = types.MethodType(_cache_with_room(type(body).new_cache, length), body)
+    # positions the input can no longer use (generation and prediction budget with this)
+    body.reserved_positions = length
     log.info("soft prompt of %d positions at position %d of %s", length, emb.position,
              name or type(model).__name__)
     return name

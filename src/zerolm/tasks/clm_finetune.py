@@ -31,13 +31,13 @@ class CompletionTask(CausalLMTask):
     @torch.no_grad()
     def predict(self, model, batch) -> list[dict]:
         """A greedy completion for each prompt row (right-padded rows are generated one by one)."""
-        from zerolm.generate import GenerationConfig, generate_ids
+        from zerolm.generate import GenerationConfig, generate_ids, input_room
 
         tok = self.tokenizer
         out = []
         for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
             prompt = ids[mask.bool()][None]  # (1, T)
-            room = model.config.max_seq_len - prompt.shape[1]
+            room = input_room(model) - prompt.shape[1]
             cfg = GenerationConfig(max_new_tokens=max(min(self.max_new_tokens, room), 0), greedy=True)
             new = generate_ids(model, prompt, cfg, eos_id=tok.eos_id)[0].tolist()
             if tok.eos_id is not None and tok.eos_id in new:
