@@ -1,4 +1,4 @@
-"""`zerolm finetune`: fine-tune a pretrained model for sentence classification."""
+"""`zerolm finetune`: fine-tune a pretrained model for classification, tagging or completion."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from zerolm.cli.main import add_verb
 
 
 def register(sub) -> None:
-    p = add_verb(sub, "finetune", "fine-tune a model for classification (full, freeze, head-only, "
-                 "bitfit, LoRA or adapters)",
+    p = add_verb(sub, "finetune", "fine-tune a model: classification, NER tagging (+CRF) or prompt -> "
+                 "completion; full, freeze, head-only, bitfit, LoRA, adapters, prompt or prefix tuning",
                  "zerolm finetune configs/sst2_minilm.yaml strategy.name=lora train.epochs=1")
     p.add_argument("config", help="YAML fine-tuning config (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as strategy.name=lora")
