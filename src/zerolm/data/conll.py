@@ -41,7 +41,12 @@ _TAG = re.compile(r"O|[BI]-\S+")  # O, B-TYPE, I-TYPE; a type has no spaces
 class Sentence:
     words: list[str]
     tags: list[str] | None  # None when the file has no tags (prediction input)
-    where: list[str]  # "file:line" of each word, for error messages
+    source: str  # the file, for error messages
+    lines: list[int]  # the line of each word
+
+    def where(self, i: int) -> str:
+        """"file:line" of word i."""
+        return f"{self.source}:{self.lines[i]}"
 
 
 def _columns(line: str) -> list[str]:
@@ -61,15 +66,15 @@ def read_conll(path: str | Path, *, token_column: int = 0, tag_column: int | Non
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
-    where: list[str] = []
+    lines: list[int] = []
 
     def close() -> None:
         if words:
             sentences.append(Sentence(list(words), list(tags) if tag_column is not None else None,
-                                      list(where)))
+                                      str(p), list(lines)))
             words.clear()
             tags.clear()
-            where.clear()
+            lines.clear()
 
     need = max(_needed(token_column), _needed(tag_column))
     for lineno, line in iter_lines(p):
@@ -95,12 +100,12 @@ def read_conll(path: str | Path, *, token_column: int = 0, tag_column: int | Non
                                 f"are elsewhere)")
             tags.append(tag)
         words.append(word)
-        where.append(f"{p}:{lineno}")
+        lines.append(lineno)
     close()
     if not sentences:
         raise DataError(f"{p}: no sentences (expected one word per line, a blank line between sentences)")
     if tag_column is not None:
-        repaired = [(w, t) for s in sentences for w, t in to_iob2(s.tags, s.where)]
+        repaired = [(s.where(i), t) for s in sentences for i, t in to_iob2(s.tags)]
         if repaired and scheme == "iob2":
             log.warning("%s: %d tags I-X did not continue an entity of type X (first at %s: %s); "
                         "read as B-X, as conlleval does (set data.scheme: iob1 if the file is IOB1)",
@@ -134,14 +139,14 @@ def _needed(column: int | None) -> int:
     return column + 1 if column >= 0 else -column
 
 
-def to_iob2(tags: list[str], where: list[str] | None = None) -> list[tuple[str, str]]:
+def to_iob2(tags: list[str]) -> list[tuple[int, str]]:
     """Turn every `I-X` that does not continue an entity of type X into `B-X`, in place
-    (IOB1 -> IOB2; IOB2 stays as it is). Returns (where, old tag) of each change."""
+    (IOB1 -> IOB2; IOB2 stays as it is). Returns (position, old tag) of each change."""
     changed = []
     prev = "O"
     for i, tag in enumerate(tags):
         if tag.startswith("I-") and prev[2:] != tag[2:]:  # after O, or after another type
-            changed.append((where[i] if where else str(i), tag))
+            changed.append((i, tag))
             tags[i] = "B-" + tag[2:]
         prev = tags[i]
     return changed
@@ -179,9 +184,9 @@ class TaggingBatches(BucketedBatches):
             if s.tags is None:
                 self.tags.append([IGNORE_INDEX] * len(s.words))
                 continue
-            for tag, w in zip(s.tags, s.where):
+            for i, tag in enumerate(s.tags):
                 if tag not in index:
-                    raise DataError(f"{w}: tag {tag!r} does not occur in the training data "
+                    raise DataError(f"{s.where(i)}: tag {tag!r} does not occur in the training data "
                                     f"(known tags: {', '.join(label_names)})")
             self.tags.append([index[t] for t in s.tags])
         words = [s.words for s in sentences]

@@ -103,11 +103,12 @@ def plot_entity_scores(per_type: dict[str, dict], out_png: str | Path, title: st
             for b, v in zip(bars, vals):
                 ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, [f"{n}\n({per_type[n]['support']})" for n in names])
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.2)  # room above 1 for the legend
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("score")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)

@@ -210,7 +210,7 @@ def prediction_data(path, tokenizer, meta: dict, *, max_length: int, batch_size:
     if is_conll(p):
         sentences = read_conll(p, token_column=meta.get("token_column", 0), tag_column=None)
     else:
-        sentences = [Sentence(line.split(), None, [f"{p}:{n}"] * len(line.split()))
+        sentences = [Sentence(line.split(), None, str(p), [n] * len(line.split()))
                      for n, line in iter_lines(p) if line.strip()]
     if not sentences:
         raise DataError(f"{p}: no sentences")
