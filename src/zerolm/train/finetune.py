@@ -133,7 +133,9 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[TrainResult,
         if (best / "model.safetensors").exists():
             load_weights(st.model, best / "model.safetensors")
         st.model.eval()
-        st.task.evaluate(st.model, st.dev_data.eval_batches())
+        # the loop's last evaluation already scored these weights when they are the best
+        if result.best_step != result.step or st.task.last_report is None or tr.eval_batches:
+            st.task.evaluate(st.model, st.dev_data.eval_batches())
         report = dict(st.task.last_report or {})
         report.update(task=cfg.task.name, metric=st.task.metric, strategy=summary,
                       truncated_train=st.truncated, steps=result.step, wall_s=result.wall_s,

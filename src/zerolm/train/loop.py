@@ -54,6 +54,7 @@ class TrainResult:
     wall_s: float
     tokens: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_step: int | None = None  # the step saved in best/ (None: no evaluation ran)
 
 
 def _count_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -96,6 +97,7 @@ class Trainer:
         self._stop_requested = False
         self.step = 0
         self.best: float | None = None
+        self.best_step: int | None = None  # the step whose weights are in best/
         self.bad_evals = 0
         self.tokens_seen = 0
 
@@ -118,6 +120,7 @@ class Trainer:
         state = load_checkpoint(Path(path), self.model, self.optimizer)
         self.step = state["step"]
         self.best = state.get("best")
+        self.best_step = state.get("best_step")
         self.bad_evals = state.get("bad_evals", 0)
         self.tokens_seen = state.get("tokens", 0)
         self._truncate_metrics(self.step)
@@ -227,7 +230,7 @@ class Trainer:
             self._plot()
         dist.barrier()
         return TrainResult(self.step, stopped_early, self.best, final_eval, self.out_dir, wall,
-                           self.tokens_seen)
+                           self.tokens_seen, best_step=self.best_step)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -242,7 +245,7 @@ class Trainer:
 
     def save(self) -> None:
         if dist.is_main():
-            state = {"step": self.step, "best": self.best, "bad_evals": self.bad_evals,
+            state = {"step": self.step, "best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
                      "tokens": self.tokens_seen}
             path = self.checkpoint_dir / f"step-{self.step:08d}"
             save_checkpoint(path, self.model, self.optimizer, state, self.config_text, self.tokenizer)
@@ -295,7 +298,7 @@ class Trainer:
         value = metrics[name]
         better = self.best is None or (value < self.best if es.mode == "min" else value > self.best)
         if better:
-            self.best, self.bad_evals = value, 0
+            self.best, self.best_step, self.bad_evals = value, self.step, 0
             if dist.is_main():
                 save_model(self.model, self.out_dir / "best", run_config=self.config_text,
                            tokenizer=self.tokenizer)
