@@ -167,6 +167,7 @@ class FinetuneTaskConfig:
     name: Literal["classify", "tag", "clm"] = "classify"  # sentence (pair) classification, token tagging, prompt -> completion
     class_weights: list[float] = field(default_factory=list)  # classify: per label (sorted names); empty: none
     head_dropout: float = 0.1  # classify / tag: dropout before the linear head
+    pooling: Literal["first", "mean"] = "first"  # classify: BERT pooled [CLS] / GPT last token, or the mean over tokens
     crf: bool = False  # tag: a linear-chain CRF on top (forward-algorithm loss, Viterbi decoding)
 
 

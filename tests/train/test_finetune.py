@@ -49,3 +49,28 @@ def test_unseen_dev_label_wrong_columns_and_empty_file(tmp_path):
     header_only.write_text("text\tlabel\n")
     with pytest.raises(DataError, match="no examples|empty"):
         read_examples(header_only)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+def test_mean_pooling_is_the_mean_of_real_token_states_and_ignores_padding(family):
+    import torch
+
+    from zerolm.models import ModelConfig, build_model
+    from zerolm.models.heads import SequenceClassifier
+
+    cfg = ModelConfig(family=family, vocab_size=99, d_model=32, n_layers=2, n_heads=4, d_ff=37,
+                      max_seq_len=16, dropout=0.0, attn_dropout=0.0)
+    model = SequenceClassifier(build_model(cfg), 3, dropout=0.0, pooling="mean").eval()
+    ids = torch.randint(1, 99, (2, 6))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    padded_ids = torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1)
+    padded_mask = torch.cat([mask, torch.zeros(2, 3, dtype=torch.long)], 1)
+    with torch.no_grad():
+        a = model(ids, attention_mask=mask)
+        b = model(padded_ids, attention_mask=padded_mask)
+        h = model.body(ids[1:, :4]) if family == "bert" else model.body.hidden_states(ids[1:, :4])
+        ref = model.classifier(h.mean(1))
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a[1:], ref, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling must be"):
+        SequenceClassifier(build_model(cfg), 3, pooling="max")

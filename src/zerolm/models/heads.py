@@ -23,13 +23,22 @@ def _encoder(body: nn.Module, head: str) -> nn.Module:
 
 
 class SequenceClassifier(nn.Module):
-    """Sentence (pair) classification: BERT's pooled [CLS] (or the [CLS] state when the
-    body has no pooler), or a GPT's state at the last real token, -> dropout -> linear."""
+    """Sentence (pair) classification: a pooled vector -> dropout -> linear.
 
-    def __init__(self, body: nn.Module, num_labels: int, dropout: float | None = None):
+    `pooling` "first": BERT's pooled [CLS] (tanh dense; the [CLS] state when the body has
+    no pooler), or a GPT's state at the last real token (the only one that saw them all).
+    "mean": the mean of the final states over real tokens, the pooling sentence-embedding
+    models such as all-MiniLM-L6-v2 were trained with (their [CLS] pooler is untrained).
+    """
+
+    def __init__(self, body: nn.Module, num_labels: int, dropout: float | None = None,
+                 pooling: str = "first"):
         super().__init__()
+        if pooling not in ("first", "mean"):
+            raise ValueError(f"pooling must be 'first' or 'mean', got {pooling!r}")
         self.body = body = _encoder(body, "SequenceClassifier")
         self.config = body.config
+        self.pooling = pooling
         self.dropout = nn.Dropout(self.config.dropout if dropout is None else dropout)
         self.classifier = nn.Linear(self.config.d_model, num_labels)
         nn.init.normal_(self.classifier.weight, std=self.config.init_std)
@@ -43,9 +52,15 @@ class SequenceClassifier(nn.Module):
     ) -> torch.Tensor:  # logits (B, C)
         if isinstance(self.body, Bert):
             h = self.body(input_ids, attention_mask, token_type_ids)  # (B, T, D)
-            pooled = self.body.pool(h) if self.body.pooler is not None else h[:, 0]
         else:
             h = self.body.hidden_states(input_ids, attention_mask=attention_mask)  # (B, T, D)
+        if self.pooling == "mean":
+            m = (attention_mask if attention_mask is not None else torch.ones_like(input_ids))
+            m = m[:, :, None].to(h.dtype)  # (B, T, 1)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+        elif isinstance(self.body, Bert):
+            pooled = self.body.pool(h) if self.body.pooler is not None else h[:, 0]
+        else:
             last = (attention_mask.sum(1) - 1 if attention_mask is not None
                     else torch.full((h.shape[0],), h.shape[1] - 1, device=h.device))
             pooled = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)

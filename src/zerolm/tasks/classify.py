@@ -84,10 +84,10 @@ def setup(cfg, body, tokenizer, *, max_length: int, micro_per_step: int = 1) -> 
     dev_data = ClassificationBatches(dev_ex, y_dev, tokenizer, max_length=max_length,
                                      batch_size=tr.batch_size, seed=tr.seed)
     torch.manual_seed(tr.seed)
-    model = SequenceClassifier(body, len(labels), dropout=cfg.task.head_dropout)
+    model = SequenceClassifier(body, len(labels), dropout=cfg.task.head_dropout, pooling=cfg.task.pooling)
     task = ClassificationTask(labels.names, cfg.task.class_weights or None)
-    meta = {"task": "classify", "labels": labels.names, "text_column": d.text_column,
-            "pair_column": d.pair_column}
+    meta = {"task": "classify", "labels": labels.names, "pooling": cfg.task.pooling,
+            "text_column": d.text_column, "pair_column": d.pair_column}
     return FinetuneSetup(model, task, train_data, dev_data, meta, truncated=train_data.truncated)
 
 
@@ -95,7 +95,8 @@ def from_meta(meta: dict, body):
     """The classifier and its task, rebuilt from task.json (weights are loaded after)."""
     from zerolm.models.heads import SequenceClassifier
 
-    return SequenceClassifier(body, len(meta["labels"])), ClassificationTask(meta["labels"])
+    model = SequenceClassifier(body, len(meta["labels"]), pooling=meta.get("pooling", "first"))
+    return model, ClassificationTask(meta["labels"])
 
 
 def prediction_data(path, tokenizer, meta: dict, *, max_length: int, batch_size: int):
