@@ -34,6 +34,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -197,9 +198,11 @@ def main():
                 else:
                     rec = run_hf(cfg, train_tsv, tmp, name == "HF grouped", tag)
                 rec["samples_per_s"] = n / rec["train_s"]
+                rec["load_avg_1m"] = os.getloadavg()[0]  # > threads: the host was busy (noisy figure)
                 runs[name].append(rec)
                 print(f"round {r + 1}/{args.rounds} {name}: {rec['samples_per_s']:.1f} samples/s, "
-                      f"train {rec['train_s']:.1f} s, dev accuracy {rec['dev_accuracy']:.4f}", flush=True)
+                      f"train {rec['train_s']:.1f} s, dev accuracy {rec['dev_accuracy']:.4f}, "
+                      f"load {rec['load_avg_1m']:.1f}", flush=True)
                 gc.collect()
 
     def med(name: str, key: str) -> float | None:
@@ -210,28 +213,38 @@ def main():
     for name in names:
         summary[name] = {k: med(name, k) for k in ("samples_per_s", "train_s", "wall_s", "dev_accuracy",
                                                    "steps", "real_tokens", "padded_tokens")}
-    ours = summary["zerolm"]["samples_per_s"]
+        # the least disturbed round: on a shared host, noise only ever slows a run down
+        summary[name]["best_samples_per_s"] = max(x["samples_per_s"] for x in runs[name])
+        summary[name]["max_load_avg_1m"] = max(x["load_avg_1m"] for x in runs[name])
+    z = summary["zerolm"]
     rows = []
     for name in names:
         s = summary[name]
         padded = s["padded_tokens"]
         pad = f"{padded:,.0f} ({100 * (1 - s['real_tokens'] / padded):.0f}%)" if padded else "?"
         tok_s = f"{padded / s['train_s']:,.0f}" if padded else "?"
-        rows.append([name, f"{s['samples_per_s']:.1f}", f"{ours / s['samples_per_s']:.2f}x",
-                     f"{s['train_s']:.1f}", f"{s['wall_s']:.1f}", f"{100 * s['dev_accuracy']:.2f}",
-                     f"{s['steps']:.0f}", pad, tok_s])
+        rows.append([name, f"{s['samples_per_s']:.1f}", f"{z['samples_per_s'] / s['samples_per_s']:.2f}x",
+                     f"{s['best_samples_per_s']:.1f}",
+                     f"{z['best_samples_per_s'] / s['best_samples_per_s']:.2f}x", f"{s['train_s']:.1f}",
+                     f"{100 * s['dev_accuracy']:.2f}", f"{s['steps']:.0f}", pad, tok_s,
+                     f"{s['max_load_avg_1m']:.1f}"])
     print(f"\nSST-2, first {n:,} training sentences, 1 epoch, batch {cfg.train.batch_size}, "
-          f"{args.threads} threads, {args.rounds} round(s), medians\n")
-    print(markdown(["run", "samples/s", "zerolm vs this", "train s", "wall s", "dev acc %", "steps",
-                    "padded tok (pad %)", "padded tok/s"], rows))
-    ratio = ours / summary["HF Trainer"]["samples_per_s"]
-    print(f"\nzerolm vs HF Trainer: {ratio:.2f}x (target >= {TARGET}x: {'met' if ratio >= TARGET else 'NOT met'})")
+          f"{args.threads} threads, {args.rounds} round(s): medians, and the best round\n")
+    print(markdown(["run", "samples/s", "zerolm vs this", "best samples/s", "zerolm vs this (best)",
+                    "train s", "dev acc %", "steps", "padded tok (pad %)", "padded tok/s", "max load"], rows))
+    ratio = z["samples_per_s"] / summary["HF Trainer"]["samples_per_s"]
+    print(f"\nzerolm vs HF Trainer: {ratio:.2f}x median (target >= {TARGET}x: "
+          f"{'met' if ratio >= TARGET else 'NOT met'}); zerolm's loop wall time with its end-of-run "
+          f"dev evaluation and checkpoint: {z['wall_s']:.1f} s. A max load above {args.threads} means "
+          f"other work shared the CPU during a round.")
     record = {"bench": "finetune_throughput", "samples": n, "batch_size": cfg.train.batch_size,
               "epochs": 1, "rounds": args.rounds, "timed": "training loop only (no tokenization, "
               "model loading, evaluation or checkpointing)", "target_ratio": TARGET,
-              "ratio_vs_hf": ratio, "runs": summary, "per_round": runs, "env": environment()}
+              "ratio_vs_hf": ratio,
+              "ratio_vs_hf_best": z["best_samples_per_s"] / summary["HF Trainer"]["best_samples_per_s"],
+              "runs": summary, "per_round": runs, "env": environment()}
     if "HF grouped" in summary:
-        record["ratio_vs_hf_grouped"] = ours / summary["HF grouped"]["samples_per_s"]
+        record["ratio_vs_hf_grouped"] = z["samples_per_s"] / summary["HF grouped"]["samples_per_s"]
     import transformers
 
     record["env"]["transformers"] = transformers.__version__
