@@ -26,6 +26,8 @@ the share of them that is padding.
     MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 \\
         ZEROLM_DATA=../shared/data python bench/finetune_throughput.py [--rounds 1] [--limit 5000]
     python bench/finetune_throughput.py --quick   # 320 sentences, a smoke test
+
+HF `Trainer` needs `accelerate` (`pip install -e '.[bench]'`, after torch is pinned).
 """
 
 from __future__ import annotations
