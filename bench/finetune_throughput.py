@@ -70,7 +70,9 @@ def write_subset(src: Path, dst: Path, limit: int) -> int:
 def zerolm_config(train_tsv: Path, out_dir: Path, threads: int) -> FinetuneConfig:
     return load_config(CONFIG, [f"out_dir={out_dir}", f"data.train={train_tsv}", "train.epochs=1",
                                 "train.eval_every=0", "train.save_every=0", "train.keep_checkpoints=1",
-                                "train.progress=false", f"train.threads={threads}"], cls=FinetuneConfig)
+                                "train.progress=false", f"train.threads={threads}",
+                                # the head HF's BertForSequenceClassification has: the [CLS] pooler
+                                "task.pooling=first"], cls=FinetuneConfig)
 
 
 def zerolm_padded_tokens(cfg: FinetuneConfig, steps: int) -> int | None:
