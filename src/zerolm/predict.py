@@ -35,7 +35,9 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output_path: str
     mod = task_module(meta["task"])
     if hasattr(task, "tokenizer"):
         task.tokenizer = tok
-    limit = min(max_length or model.config.max_seq_len, _input_room(model, meta))
+    from zerolm.generate import input_room
+
+    limit = min(max_length or model.config.max_seq_len, input_room(getattr(model, "body", model)))
     data, records = mod.prediction_data(input_path, tok, meta, max_length=limit, batch_size=batch_size)
     results: list[dict[str, Any] | None] = [None] * len(records)
     bar = _bar(len(records), progress)
@@ -51,12 +53,6 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output_path: str
     out = [r for r in results if r is not None]
     write_records(out, output_path, writer=getattr(mod, "write_predictions", None))
     return out
-
-
-def _input_room(model, meta: dict) -> int:
-    s = meta.get("strategy", {})
-    reserved = s.get("prompt_length", 0) if s.get("name") == "prompt" else 0
-    return model.config.max_seq_len - reserved
 
 
 def _bar(total: int, progress: bool | None):

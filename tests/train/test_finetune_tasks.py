@@ -60,12 +60,14 @@ def test_causal_lm_finetuning_and_predict(tmp_path):
     assert rows[0]["prompt"].startswith("Review: ")
 
 
-def test_predict_matches_the_trained_model_and_keeps_input_order(tmp_path):
+@pytest.mark.parametrize("strategy", ["lora", "prompt"])
+def test_predict_matches_the_trained_model_and_keeps_input_order(tmp_path, strategy):
     cfg = load_config(TINY / "classify_reviews.yaml",
-                      [f"out_dir={tmp_path / 'run'}", "train.epochs=1", "strategy.name=lora"], cls=FinetuneConfig)
+                      [f"out_dir={tmp_path / 'run'}", "train.epochs=1", f"strategy.name={strategy}",
+                       "strategy.prompt_length=4"], cls=FinetuneConfig)
     result, report = finetune(cfg)
     model, tok, task, meta = load_finetuned(result.out_dir / "best")
-    assert meta["labels"] == ["negative", "positive"] and meta["strategy"]["name"] == "lora"
+    assert meta["labels"] == ["negative", "positive"] and meta["strategy"]["name"] == strategy
     out = tmp_path / "preds.tsv"
     assert main(["predict", str(result.out_dir / "best"), "--input", "pkg:quickstart/reviews_dev.tsv",
                  "--output", str(out), "--batch-size", "7"]) == 0
