@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from zerolm.errors import ZeroLMError
+from zerolm.generate import input_room
 from zerolm.train.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output_path: str
     mod = task_module(meta["task"])
     if hasattr(task, "tokenizer"):
         task.tokenizer = tok
-    from zerolm.generate import input_room
-
     limit = min(max_length or model.config.max_seq_len, input_room(getattr(model, "body", model)))
     data, records = mod.prediction_data(input_path, tok, meta, max_length=limit, batch_size=batch_size)
     results: list[dict[str, Any] | None] = [None] * len(records)
