@@ -10,7 +10,8 @@ for each setting, so the effect of init scale, dropout and learning rate is visi
 minute of CPU.
 
     python bench/mlm_plateau.py                 # zerolm, several settings
-    python bench/mlm_plateau.py --hf            # plus HF BertForMaskedLM at std 0.02
+    python bench/mlm_plateau.py --hf            # plus HF BertForMaskedLM at std 0.02, and
+                                                # zerolm started from HF's initial weights
 """
 
 from __future__ import annotations
@@ -59,15 +60,30 @@ def zerolm_run(steps, lr, init_std, dropout, seed):
     return train(lambda inp, sel: m(inp, mlm_positions=sel).mlm_logits, m.parameters(), steps, lr, seed)
 
 
-def hf_run(steps, lr, init_std, dropout, seed):
+def hf_model(init_std, dropout, seed):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=128, max_position_embeddings=2 * PAIRS, initializer_range=init_std,
                      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    m = BertForMaskedLM(cfg)
+    return BertForMaskedLM(cfg)
+
+
+def hf_run(steps, lr, init_std, dropout, seed):
+    m = hf_model(init_std, dropout, seed)
     return train(lambda inp, sel: m(input_ids=inp).logits[sel], m.parameters(), steps, lr, seed)
+
+
+def zerolm_hf_init_run(steps, lr, init_std, dropout, seed):
+    """zerolm's model started from HF's initial weights: same curve as hf_run if the two agree."""
+    from zerolm.convert.hf import _bert_from_hf
+
+    cfg = ModelConfig(family="bert", vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=2, d_ff=128,
+                      max_seq_len=2 * PAIRS, dropout=dropout, attn_dropout=dropout, pooler=False)
+    m = BertForPreTraining(cfg)
+    m.load_state_dict(_bert_from_hf(hf_model(init_std, dropout, seed).state_dict(), {}))
+    return train(lambda inp, sel: m(inp, mlm_positions=sel).mlm_logits, m.parameters(), steps, lr, seed)
 
 
 def main() -> None:
@@ -81,14 +97,14 @@ def main() -> None:
     settings = [("zerolm", 1e-3, 0.02, 0.1), ("zerolm", 1e-3, 0.02, 0.0), ("zerolm", 3e-3, 0.02, 0.0),
                 ("zerolm", 1e-3, 0.05, 0.1), ("zerolm", 1e-3, 0.1, 0.1)]
     if args.hf:
-        settings.insert(1, ("hf", 1e-3, 0.02, 0.1))
+        settings[1:1] = [("hf", 1e-3, 0.02, 0.1), ("hf", 1e-3, 0.02, 0.0), ("zerolm (HF init)", 1e-3, 0.02, 0.0)]
     print(f"plateau = ln({VOCAB - FIRST_ID}) = {math.log(VOCAB - FIRST_ID):.2f} nats; mean loss per "
           f"{args.window} steps")
     print("| model | lr | init std | dropout | " + " | ".join(
         f"{i}-{i + args.window}" for i in range(0, args.steps, args.window)) + " |")
     print("|---|---|---|---|" + "---|" * len(range(0, args.steps, args.window)))
     for name, lr, std, drop in settings:
-        run = zerolm_run if name == "zerolm" else hf_run
+        run = {"zerolm": zerolm_run, "hf": hf_run, "zerolm (HF init)": zerolm_hf_init_run}[name]
         losses = run(args.steps, lr, std, drop, args.seed)
         windows = [sum(losses[i:i + args.window]) / len(losses[i:i + args.window])
                    for i in range(0, args.steps, args.window)]
