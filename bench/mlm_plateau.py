@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +53,12 @@ def train(make_logits, params, steps: int, lr: float, seed: int) -> list[float]:
     return losses
 
 
-def zerolm_run(steps, lr, init_std, dropout, seed):
+def zerolm_model(init_std, dropout, seed, pooler=True):
     torch.manual_seed(seed)
     cfg = ModelConfig(family="bert", vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=2, d_ff=128,
-                      max_seq_len=2 * PAIRS, dropout=dropout, attn_dropout=dropout, init_std=init_std)
-    m = BertForPreTraining(cfg)
-    return train(lambda inp, sel: m(inp, mlm_positions=sel).mlm_logits, m.parameters(), steps, lr, seed)
+                      max_seq_len=2 * PAIRS, dropout=dropout, attn_dropout=dropout, init_std=init_std,
+                      pooler=pooler)
+    return BertForPreTraining(cfg)
 
 
 def hf_model(init_std, dropout, seed):
@@ -70,19 +71,25 @@ def hf_model(init_std, dropout, seed):
     return BertForMaskedLM(cfg)
 
 
+def zerolm_run(steps, lr, init_std, dropout, seed):
+    m = zerolm_model(init_std, dropout, seed)
+    return train(lambda inp, sel: m(inp, mlm_positions=sel).mlm_logits, m.parameters(), steps, lr, seed)
+
+
 def hf_run(steps, lr, init_std, dropout, seed):
     m = hf_model(init_std, dropout, seed)
     return train(lambda inp, sel: m(input_ids=inp).logits[sel], m.parameters(), steps, lr, seed)
 
 
 def zerolm_hf_init_run(steps, lr, init_std, dropout, seed):
-    """zerolm's model started from HF's initial weights: same curve as hf_run if the two agree."""
-    from zerolm.convert.hf import _bert_from_hf
+    """zerolm's model started from HF's initial weights (saved and converted the way
+    `zerolm` loads any HF checkpoint): the same curve as hf_run if the two agree."""
+    from zerolm.convert.hf import load_hf
 
-    cfg = ModelConfig(family="bert", vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=2, d_ff=128,
-                      max_seq_len=2 * PAIRS, dropout=dropout, attn_dropout=dropout, pooler=False)
-    m = BertForPreTraining(cfg)
-    m.load_state_dict(_bert_from_hf(hf_model(init_std, dropout, seed).state_dict(), {}))
+    with tempfile.TemporaryDirectory() as d:
+        hf_model(init_std, dropout, seed).save_pretrained(d)
+        m, _ = load_hf(d)
+    m.train()
     return train(lambda inp, sel: m(inp, mlm_positions=sel).mlm_logits, m.parameters(), steps, lr, seed)
 
 
