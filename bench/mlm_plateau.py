@@ -40,6 +40,8 @@ def batch(gen: torch.Generator):
 
 
 def train(make_logits, params, steps: int, lr: float, seed: int) -> list[float]:
+    # A bare AdamW loop, not zerolm's Trainer: it drives HF's model and zerolm's the same
+    # way, so the only difference between two rows is the model (or its initial weights).
     opt = torch.optim.AdamW(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     losses = []
@@ -53,11 +55,10 @@ def train(make_logits, params, steps: int, lr: float, seed: int) -> list[float]:
     return losses
 
 
-def zerolm_model(init_std, dropout, seed, pooler=True):
+def zerolm_model(init_std, dropout, seed):
     torch.manual_seed(seed)
     cfg = ModelConfig(family="bert", vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=2, d_ff=128,
-                      max_seq_len=2 * PAIRS, dropout=dropout, attn_dropout=dropout, init_std=init_std,
-                      pooler=pooler)
+                      max_seq_len=2 * PAIRS, dropout=dropout, attn_dropout=dropout, init_std=init_std)
     return BertForPreTraining(cfg)
 
 
