@@ -9,23 +9,42 @@ import time
 
 import torch
 
-# Measured fp32 matmul peak of the development machine (2 threads, MKL), see
-# ../shared/BENCHMARKS.md; override with --peak-gflops on other hardware.
-CPU_FP32_PEAK_GFLOPS = 187.0
+
+def measured_matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """fp32 matmul peak of this machine as torch runs it now (threads, BLAS): the best of
+    `repeats` n x n x n products. MFU is quoted against it, not against a figure from
+    other hardware (the AMD development machine gives ~187 GFLOP/s, an AVX-512 Xeon ~340)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median([_timed(fn) for _ in range(repeats)])
 
 
 def environment() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "python": platform.python_version()}
+            "machine": platform.machine(), "cpu": cpu_name(), "python": platform.python_version()}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def emit(table_rows: list[list[str]], header: list[str], record: dict) -> None:

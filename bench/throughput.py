@@ -4,7 +4,8 @@
 (b) GPT causal LM:  d 256, 4 layers, 4 heads, vocab 8192, batch 8 x 256
 
 MFU here is hardware FLOPs utilisation: executed FLOPs (6 x params x tokens + attention,
-counting only what each library computes) over the measured fp32 matmul peak.
+counting only what each library computes) over the fp32 matmul peak, measured at the
+start of the run on this machine (or given with --peak-gflops).
 
 Each round times one full training step (forward, backward, AdamW) of each library in
 turn, so machine noise hits both alike; figures are medians over rounds.
@@ -20,7 +21,7 @@ import time
 
 import torch
 
-from common import CPU_FP32_PEAK_GFLOPS, emit, environment
+from common import emit, environment, measured_matmul_peak_gflops
 from zerolm.config import OptimConfig
 from zerolm.data.masking import IGNORE_INDEX, mask_tokens
 from zerolm.models import ModelConfig, build_model
@@ -134,8 +135,12 @@ def main():
     ap.add_argument("--which", default="bert,gpt")
     ap.add_argument("--bert-dropout", type=float, default=0.1, help="BERT's usual 0.1")
     ap.add_argument("--gpt-dropout", type=float, default=0.0, help="0 as in nanoGPT pretraining")
-    ap.add_argument("--peak-gflops", type=float, default=CPU_FP32_PEAK_GFLOPS)
+    ap.add_argument("--peak-gflops", type=float, default=None,
+                    help="fp32 matmul peak for MFU; default: measured now (best 2048^3 sgemm)")
     args = ap.parse_args()
+    if args.peak_gflops is None:
+        args.peak_gflops = measured_matmul_peak_gflops()
+    print(f"fp32 matmul peak: {args.peak_gflops:.0f} GFLOP/s")
     torch.manual_seed(0)
     results = []
     pairs = {"bert_mlm": bert_pair, "gpt_clm": gpt_pair}
