@@ -14,11 +14,13 @@ import json
 import logging
 import resource
 import time
+from pathlib import Path
 
 from common import emit, environment
 from zerolm.config import load_config
 from zerolm.train.pretrain import pretrain
 
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "char_gpt_shakespeare.yaml"
 NANOGPT = {"val_loss_whole_split": 1.898, "wall_s": 89.0, "ms_per_iter": 39.0, "peak_rss_mb": 374}
 
 
@@ -29,7 +31,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1337)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    cfg = load_config("configs/char_gpt_shakespeare.yaml", [
+    cfg = load_config(CONFIG, [
         f"out_dir={args.out}", f"train.max_steps={args.steps}", f"train.seed={args.seed}",
         "train.eval_every=0", "train.save_every=0", "train.log_every=100"])
     t0 = time.perf_counter()

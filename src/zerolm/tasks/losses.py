@@ -15,8 +15,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     The (N, V) logits are never materialised at once. Each chunk's logits are turned
     into their softmax in place by one fused kernel, then into the gradient
-    (softmax - one-hot) / n on the spot, so the V-wide tensor is swept three times in
-    all (softmax, one-hot, scale) and never reallocated. The loss of a row is
+    (softmax - one-hot) / n on the spot, so the V-wide tensor is swept once besides the
+    matmuls and never reallocated. The loss of a row is
     -log softmax[label], exact while that probability is a normal float; rows beyond
     that (a loss over ~87 nats, only in a diverging run) are recomputed through
     logsumexp. The result equals F.cross_entropy.
@@ -63,12 +63,12 @@ def _linear_cross_entropy_fwd_bwd(h, w, labels, ignore_index: int, chunk: int):
             row_loss[rows] = exact[:, None]
         total += (row_loss * wc).sum()
         probs.scatter_add_(1, yc, torch.full_like(p_label, -1.0))  # softmax - one-hot
-        probs.mul_(wc)  # mean over counted rows; ignored rows -> 0
-        torch.mm(probs, w, out=grad_h[s:s + chunk])
+        # the row weights scale the D-wide factors, not the V-wide probs: one sweep fewer
+        torch.mm(probs, w, out=grad_h[s:s + chunk]).mul_(wc)
         if s == 0:
-            torch.mm(probs.t(), hc, out=grad_w)
+            torch.mm(probs.t(), hc * wc, out=grad_w)
         else:
-            grad_w.addmm_(probs.t(), hc)
+            grad_w.addmm_(probs.t(), hc * wc)
     return grad_h, grad_w, total
 
 
