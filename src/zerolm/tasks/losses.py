@@ -15,11 +15,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     The (N, V) logits are never materialised at once. Each chunk's logits are turned
     into their softmax in place by one fused kernel, then into the gradient
-    (softmax - one-hot) / n on the spot, so the V-wide tensor is swept once besides the
-    matmuls and never reallocated. The loss of a row is
-    -log softmax[label], exact while that probability is a normal float; rows beyond
-    that (a loss over ~87 nats, only in a diverging run) are recomputed through
-    logsumexp. The result equals F.cross_entropy.
+    (softmax - one-hot) / n on the spot: besides the matmuls, the V-wide chunk is swept
+    once and never reallocated. The loss of a row is -log softmax[label], exact while
+    that probability is a normal float; rows beyond it (a loss over ~87 nats, only in a
+    diverging run) are recomputed through logsumexp. The result equals F.cross_entropy.
     """
 
     @staticmethod
