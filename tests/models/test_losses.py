@@ -41,3 +41,12 @@ def test_linear_cross_entropy_with_every_label_ignored_is_zero_with_zero_gradien
     loss = linear_cross_entropy(h, w, torch.full((5,), -100))
     gh, gw = torch.autograd.grad(loss, (h, w))
     assert loss.item() == 0.0 and not gh.any() and not gw.any()
+
+
+def test_linear_cross_entropy_backward_twice_with_retained_graph_gives_the_same_gradients():
+    h = torch.randn(40, 8, requires_grad=True)
+    w = torch.randn(30, 8, requires_grad=True)
+    loss = linear_cross_entropy(h, w, torch.randint(0, 30, (40,)), chunk=16)
+    first = torch.autograd.grad(loss * 3, (h, w), retain_graph=True)
+    second = torch.autograd.grad(loss * 3, (h, w))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

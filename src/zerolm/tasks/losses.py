@@ -33,8 +33,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        # scaled in place: the saved gradients are this graph's own and backward runs once
-        return grad_h.mul_(grad_out), grad_w.mul_(grad_out), None, None, None
+        return grad_h * grad_out, grad_w * grad_out, None, None, None
 
 
 def _linear_cross_entropy_fwd_bwd(h, w, labels, ignore_index: int, chunk: int):
