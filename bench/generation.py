@@ -26,7 +26,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     if args.model:
-        from zerolm.train.checkpoint import load_model
+        from zerolm.loading import load_model
 
         model, _ = load_model(args.model)
     else:

@@ -38,7 +38,7 @@ def main():
     if args.hf_model:
         hf_dir = Path(args.hf_model)
     elif args.zerolm_model:
-        from zerolm.train.checkpoint import load_model
+        from zerolm.loading import load_model
 
         m, tok = load_model(args.zerolm_model)
         hf_dir = export_hf(m, tmp / "hf", tokenizer=tok)

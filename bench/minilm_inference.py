@@ -20,7 +20,7 @@ import torch
 from common import emit, environment
 from zerolm.data.text import data_root
 from zerolm.embed import embed_texts
-from zerolm.train.checkpoint import load_model
+from zerolm.loading import load_model
 
 
 def main():

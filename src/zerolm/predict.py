@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from zerolm.atomic import atomic_write_text
 from zerolm.errors import ZeroLMError
 from zerolm.generate import input_room
-from zerolm.train.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 

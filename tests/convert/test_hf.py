@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from zerolm.convert.hf import export_hf, load_hf  # noqa: E402
 from zerolm.errors import CheckpointError  # noqa: E402
-from zerolm.train.checkpoint import load_model  # noqa: E402
+from zerolm.loading import load_model  # noqa: E402
 
 TINY_BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,

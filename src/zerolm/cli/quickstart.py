@@ -27,7 +27,7 @@ def run(args) -> int:
 
     from zerolm.config import load_config
     from zerolm.generate import GenerationConfig, generate_text
-    from zerolm.train.checkpoint import load_model
+    from zerolm.loading import load_model
     from zerolm.train.pretrain import pretrain
 
     t0 = time.perf_counter()

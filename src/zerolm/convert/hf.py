@@ -295,7 +295,7 @@ def load_hf(directory: str | os.PathLike, device: str | torch.device = "cpu"):
 
 def export_hf(model, directory: str | os.PathLike, tokenizer=None) -> Path:
     """Write `model` as a Hugging Face directory (config.json + model.safetensors + tokenizer)."""
-    from zerolm.train.checkpoint import AtomicDir
+    from zerolm.atomic import AtomicDir
 
     cfg: ModelConfig = model.config
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from zerolm.atomic import atomic_write_text
 from zerolm.errors import ZeroLMError
-from zerolm.train.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from zerolm.atomic import atomic_write_text
 from zerolm.config import FinetuneConfig, RunConfig, StrategyConfig, dump_config
 from zerolm.errors import CheckpointError, ConfigError
+from zerolm.loading import load_model
+from zerolm.modeldir import load_model_config, load_weights
 from zerolm.models import build_model
 from zerolm.tasks.base import FinetuneSetup
 from zerolm.train import dist
-from zerolm.train.checkpoint import atomic_write_text, load_model, load_model_config, load_weights
 from zerolm.train.loop import Trainer, TrainResult
 
 log = logging.getLogger(__name__)

@@ -25,14 +25,10 @@ from torch import nn
 
 from zerolm.config import EarlyStoppingConfig, OptimConfig, ScheduleConfig, TrainConfig
 from zerolm.errors import TrainingError
+from zerolm.modeldir import save_model
 from zerolm.tasks.base import to_device
 from zerolm.train import dist
-from zerolm.train.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    save_model,
-)
+from zerolm.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from zerolm.train.optim import build_optimizer, lr_at
 
 log = logging.getLogger(__name__)

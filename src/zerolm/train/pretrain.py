@@ -72,7 +72,7 @@ def build_batches(cfg: RunConfig, tok: Tokenizer):
 def _init_from(model, path: str) -> None:
     """Start from the weights of a zerolm or local Hugging Face model directory."""
     from zerolm.errors import CheckpointError
-    from zerolm.train.checkpoint import load_model
+    from zerolm.loading import load_model
 
     src, _ = load_model(path)
     own, theirs = model.state_dict(), src.state_dict()
