@@ -43,7 +43,7 @@ def main():
     def ours_same():
         with torch.inference_mode():
             for b in batches:
-                ours.bert(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                ours.body(b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
 
     def hf_same():
         with torch.inference_mode():

@@ -19,7 +19,7 @@ from torch import nn
 
 from common import emit, environment
 from zerolm.config import OptimConfig
-from zerolm.models import GPT, ModelConfig
+from zerolm.models import ModelConfig, build_model
 from zerolm.tasks import CausalLMTask
 from zerolm.train.optim import build_optimizer
 
@@ -68,7 +68,7 @@ def main():
     torch.manual_seed(0)
     cfg = ModelConfig(family="gpt", vocab_size=V, d_model=D, n_layers=L, n_heads=H, d_ff=4 * D, max_seq_len=T,
                       bias=False, dropout=0.0, attn_dropout=0.0, norm_eps=1e-5, tie_embeddings=False)
-    ours, ref = GPT(cfg), RefGPT()
+    ours, ref = build_model(cfg), RefGPT()  # the GPT with its LM head, as pretraining builds it
     opt_o = build_optimizer(ours, OptimConfig(lr=1e-3, weight_decay=0.1, betas=[0.9, 0.99]))
     decay = [p for p in ref.parameters() if p.dim() >= 2]
     keep = [p for p in ref.parameters() if p.dim() < 2]
@@ -78,9 +78,12 @@ def main():
     seq = torch.randint(0, V, (B, T + 1))
     batch = {"input_ids": seq[:, :-1], "labels": seq[:, 1:]}
 
+    # both sides clip the global gradient norm to 1.0, as each real loop does by default
+    # (nanoGPT's grad_clip, zerolm's train.clip_grad): the same work on each side
     def step_ours():
         loss, _ = task.loss(ours, batch)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
         opt_o.step()
         opt_o.zero_grad(set_to_none=True)
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import math
+import os
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +23,8 @@ import yaml
 
 from zerolm.errors import ConfigError
 from zerolm.models.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,7 +83,10 @@ class EarlyStoppingConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000  # optimizer steps
+    # pretraining: the run's length in optimizer steps (>= 1). Fine-tuning: 0 (the default
+    # there) means not set and train.epochs gives the length; > 0 alone gives the length,
+    # and beside train.epochs it caps them (the smaller wins)
+    max_steps: int = 1000
     batch_size: int = 32  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
     clip_grad: float = 1.0  # max global gradient norm; 0 disables
@@ -92,7 +101,18 @@ class TrainConfig:
     keep_checkpoints: int = 2  # resumable checkpoints kept on disk (the newest)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     progress: bool = True  # progress bar on a terminal
-    epochs: float = 0.0  # fine-tuning: if > 0, max_steps = epochs x optimizer steps per epoch
+    # fine-tuning only: passes over the training data (fractions allowed); the length is
+    # ceil(epochs x optimizer steps per epoch), capped by train.max_steps when that is > 0
+    epochs: float = 0.0
+    # when resuming, a damaged newest checkpoint (truncated file, broken trainer_state.json):
+    # "previous" warns, naming the file, and resumes from the one before; "stop" fails
+    resume_bad_checkpoint: Literal["previous", "stop"] = "previous"
+    # write final/ (the last step's model) at the end; false keeps only best/, except for a
+    # run with no best/ (no evaluation), whose final/ is its only model
+    keep_final: bool = True
+    # keep the resumable checkpoints once the run has finished (an interrupted run always
+    # keeps them); false deletes them at the very end, after best/ and final/ are written
+    keep_checkpoints_when_done: bool = True
 
 
 @dataclass
@@ -122,10 +142,18 @@ class RunConfig:
             raise ConfigError("data.train: list at least one training text file")
         if not d.val and not 0 < d.val_fraction < 1:
             raise ConfigError("data.val_fraction must be in (0, 1) when data.val is empty")
+        if d.block_size < 1:
+            raise ConfigError(f"data.block_size must be >= 1, got {d.block_size}")
         tr = self.train
-        for name in ("max_steps", "batch_size", "grad_accum"):
-            if getattr(tr, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1")
+        if tr.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1 (the pretraining run's length in "
+                              f"optimizer steps), got {tr.max_steps}")
+        if tr.epochs:
+            raise ConfigError(f"train.epochs ({tr.epochs:g}) is for fine-tuning; a pretraining "
+                              f"run's length is train.max_steps: remove train.epochs")
+        _check_optim_schedule(self.optim, self.schedule)
+        _check_train(tr)
+        _log_warnings(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,8 +211,10 @@ class FinetuneConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="linear", warmup_steps=0))
+    # max_steps 0: not set, train.epochs give the length (see TrainConfig.max_steps)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=32, eval_every=0, save_every=0, early_stopping=EarlyStoppingConfig("val_accuracy", "max", 0)))
+        max_steps=0, batch_size=32, eval_every=0, save_every=0,
+        early_stopping=EarlyStoppingConfig("val_accuracy", "max", 0)))
 
     def validate(self) -> FinetuneConfig:
         if not self.data.train or not self.data.dev:
@@ -202,7 +232,168 @@ class FinetuneConfig:
             raise ConfigError(f"strategy.prompt_length must be >= 1 for {s.name} tuning")
         if self.init is None and t.name == "clm" and self.model.family != "gpt":
             raise ConfigError("task.name 'clm' needs a gpt model (model.family: gpt)")
+        if not 0 <= t.head_dropout < 1:
+            raise ConfigError(f"task.head_dropout must be in [0, 1), got {t.head_dropout}")
+        if self.data.max_length < 2:
+            raise ConfigError(f"data.max_length must be >= 2 tokens, got {self.data.max_length}")
+        _check_strategy(s)
+        tr = self.train
+        if tr.max_steps < 0 or tr.epochs < 0 or not math.isfinite(tr.epochs):
+            raise ConfigError(f"train.max_steps and train.epochs must be >= 0, got "
+                              f"max_steps={tr.max_steps}, epochs={tr.epochs:g}")
+        if tr.max_steps == 0 and tr.epochs == 0:
+            raise ConfigError("a fine-tuning run needs a length: set train.epochs (passes "
+                              "over the training data, e.g. train.epochs=3) or train.max_steps "
+                              "(optimizer steps), or both (the smaller wins)")
+        _check_optim_schedule(self.optim, self.schedule)
+        _check_train(tr)
+        _log_warnings(self)
         return self
+
+
+# ---------------------------------------------------------------- value checks and the run length
+
+
+def _check_optim_schedule(o: OptimConfig, s: ScheduleConfig) -> None:
+    """One-line errors, naming the key, for values the optimizer would take and fail on later
+    (or, worse, train with: a negative learning rate climbs the loss)."""
+    if not o.lr > 0 or not math.isfinite(o.lr):  # `not >` catches NaN too
+        raise ConfigError(f"optim.lr must be a positive number, got {o.lr} (typical: 6e-4 to "
+                          f"1e-3 for pretraining, 1e-5 to 1e-4 for full fine-tuning, 1e-4 to 1e-3 "
+                          f"for LoRA)")
+    if not o.weight_decay >= 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay} (0 disables it)")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas} (Adam's "
+                          f"usual: [0.9, 0.999])")
+    if not o.eps > 0:
+        raise ConfigError(f"optim.eps must be > 0, got {o.eps} (usual: 1e-8)")
+    if s.warmup_steps < 0:
+        raise ConfigError(f"schedule.warmup_steps must be >= 0, got {s.warmup_steps}")
+    if not s.min_lr >= 0:
+        raise ConfigError(f"schedule.min_lr must be >= 0, got {s.min_lr}")
+    if s.decay_steps is not None and s.decay_steps < 1:
+        raise ConfigError(f"schedule.decay_steps must be >= 1 (or null: train.max_steps), got "
+                          f"{s.decay_steps}")
+
+
+def _check_train(tr: TrainConfig) -> None:
+    for name in ("batch_size", "grad_accum", "keep_checkpoints"):
+        if getattr(tr, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {getattr(tr, name)}")
+    for name in ("log_every", "eval_every", "eval_batches", "save_every", "threads"):
+        if getattr(tr, name) < 0:
+            raise ConfigError(f"train.{name} must be >= 0, got {getattr(tr, name)}")
+    if not tr.clip_grad >= 0:
+        raise ConfigError(f"train.clip_grad must be >= 0 (0 disables clipping), got {tr.clip_grad}")
+    if tr.early_stopping.patience < 0:
+        raise ConfigError(f"train.early_stopping.patience must be >= 0 (0 disables it), got "
+                          f"{tr.early_stopping.patience}")
+
+
+def _check_strategy(s: StrategyConfig) -> None:
+    if s.freeze_layers < 0:
+        raise ConfigError(f"strategy.freeze_layers must be >= 0, got {s.freeze_layers}")
+    if s.name == "lora":
+        if s.lora_rank < 1:
+            raise ConfigError(f"strategy.lora_rank must be >= 1, got {s.lora_rank}")
+        if not s.lora_alpha > 0:
+            raise ConfigError(f"strategy.lora_alpha must be > 0, got {s.lora_alpha}")
+        if not 0 <= s.lora_dropout < 1:
+            raise ConfigError(f"strategy.lora_dropout must be in [0, 1), got {s.lora_dropout}")
+    if s.name == "adapter" and s.adapter_size < 1:
+        raise ConfigError(f"strategy.adapter_size must be >= 1, got {s.adapter_size}")
+
+
+def warmup_warning(warmup_steps: int, total_steps: int,
+                   total_key: str = "train.max_steps") -> str | None:
+    """The warning for a warmup longer than the run (None when it fits): the learning rate
+    then never reaches optim.lr, which usually reads as "this model does not learn"."""
+    if total_steps < 1 or warmup_steps <= total_steps:
+        return None
+    return (f"schedule.warmup_steps={warmup_steps} exceeds {total_key}={total_steps}: the learning "
+            f"rate only climbs to {total_steps / warmup_steps:.0%} of optim.lr and never decays; "
+            f"lower schedule.warmup_steps (a tenth of the run, {total_steps // 10}, is common)")
+
+
+def config_warnings(cfg: RunConfig | FinetuneConfig) -> list[str]:
+    """Things a valid config probably does not mean (validation logs them as warnings)."""
+    out = []
+    steps = cfg.train.max_steps  # fine-tuning: only when set; the epochs' length needs the data
+    if msg := warmup_warning(cfg.schedule.warmup_steps, steps):
+        out.append(msg)
+    if cfg.schedule.min_lr > cfg.optim.lr:
+        out.append(f"schedule.min_lr={cfg.schedule.min_lr:g} is above optim.lr={cfg.optim.lr:g}: "
+                   f"the learning rate rises after warmup instead of decaying; lower "
+                   f"schedule.min_lr")
+    return out
+
+
+def _log_warnings(cfg: RunConfig | FinetuneConfig) -> None:
+    for msg in config_warnings(cfg):
+        log.warning("%s", msg)
+
+
+def resolve_finetune_steps(train_cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, str]:
+    """The optimizer steps a fine-tuning run takes, and a one-line explanation for the log.
+
+    train.epochs > 0 gives ceil(epochs x steps_per_epoch) steps; train.max_steps > 0 gives
+    that many; when both are set the smaller wins (max_steps caps the epochs). A config
+    with neither is refused by FinetuneConfig.validate, and here too.
+    """
+    tr = train_cfg
+    if steps_per_epoch < 1:
+        raise ConfigError(f"the training data gives {steps_per_epoch} optimizer steps per epoch; "
+                          f"it needs at least one (lower train.batch_size or train.grad_accum)")
+    by_epochs = max(math.ceil(tr.epochs * steps_per_epoch), 1) if tr.epochs > 0 else 0
+    ep = f"train.epochs={tr.epochs:g} ({by_epochs:,} steps at {steps_per_epoch:,} per epoch)"
+    cap = f"train.max_steps={tr.max_steps:,}"
+    if by_epochs and tr.max_steps > 0:
+        if tr.max_steps < by_epochs:
+            return tr.max_steps, f"{cap} caps {ep}: {tr.max_steps:,} steps"
+        return by_epochs, f"{ep} end before {cap}: {by_epochs:,} steps"
+    if by_epochs:
+        return by_epochs, f"{ep}: {by_epochs:,} steps"
+    if tr.max_steps > 0:
+        return tr.max_steps, f"{cap} (train.epochs not set): {tr.max_steps:,} steps"
+    raise ConfigError("a fine-tuning run needs a length: set train.epochs or train.max_steps (or "
+                      "both: the smaller wins)")
+
+
+def describe_finetune_length(train_cfg: TrainConfig) -> str:
+    """Which of train.epochs / train.max_steps sets a fine-tuning run's length, said
+    without reading the data (`zerolm config show` prints it)."""
+    tr = train_cfg
+    if tr.epochs > 0 and tr.max_steps > 0:
+        return (f"train.epochs={tr.epochs:g} sets the length; train.max_steps={tr.max_steps} caps "
+                f"it (the smaller wins)")
+    if tr.epochs > 0:
+        return f"train.epochs={tr.epochs:g} sets the length (train.max_steps=0: no cap)"
+    if tr.max_steps > 0:
+        return f"train.max_steps={tr.max_steps} sets the length (train.epochs=0: not set)"
+    return "no length: set train.epochs or train.max_steps"
+
+
+def check_writable_dir(path: str | os.PathLike, key: str = "out_dir") -> Path:
+    """Create directory `path` (and its parents) if needed and make sure files can be
+    written in it; otherwise a one-line ConfigError naming `key` and the path. Call it
+    before hours of work whose results would go there."""
+    p = Path(path).expanduser()
+    hint = f"choose another {key} (e.g. {key}=runs/NAME)"
+    for anc in [p, *p.parents]:  # a file where a directory must be: say which
+        if anc.exists() and not anc.is_dir():
+            if anc == p:
+                raise ConfigError(f"{key}: {p} is a file, not a directory; {hint}")
+            raise ConfigError(f"{key}: cannot create {p}: {anc} is a file, not a directory; {hint}")
+        if anc.exists():
+            break
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot write to {p} ({e.strerror or e}); {hint}") from None
+    return p
 
 
 # ---------------------------------------------------------------- loading, validation
@@ -274,7 +465,22 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def _section_default(cls: type, name: str, base: Any) -> Any:
+    """The value a section takes when the file leaves all its keys out: the enclosing
+    default's (FinetuneConfig's train section has max_steps 0, lr 5e-5, ...), not the bare
+    section class's."""
+    if base is not None:
+        return getattr(base, name)
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """`cls` from a mapping; keys the mapping leaves out keep their defaults (those of
+    `base` when given), section by section, so a file that sets one key of a section
+    keeps the other defaults of that section."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -283,9 +489,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key '{prefix}{k}'{hint}")
-        kwargs[k] = _convert(v, hints[k], prefix + k)
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            kwargs[k] = _build(tp, v, prefix + k + ".", _section_default(cls, k, base))
+        else:
+            kwargs[k] = _convert(v, tp, prefix + k)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
 
@@ -366,9 +576,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _set_dotted(tree, key, value, cls)
     try:
         cfg = _build(cls, tree)
+        return cfg.validate() if hasattr(cfg, "validate") else cfg
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
-    return cfg.validate() if hasattr(cfg, "validate") else cfg
 
 
 def dump_config(cfg: Any) -> str:

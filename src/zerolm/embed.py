@@ -8,16 +8,16 @@ import logging
 import numpy as np
 import torch
 
+from zerolm.models import body_of
+
 log = logging.getLogger(__name__)
 
 
 def _encoder(model):
-    """The module that maps ids to hidden states, whatever head sits on top."""
-    if hasattr(model, "bert"):
-        return lambda ids, mask, types: model.bert(ids, mask, types)
-    if hasattr(model, "hidden_states"):  # GPT: causal states, still useful for similarity
-        return lambda ids, mask, types: model.hidden_states(ids, attention_mask=mask)
-    return lambda ids, mask, types: model(ids, mask, types)
+    """ids -> final hidden states, through the body of whatever model this is (a causal
+    body's states still serve similarity)."""
+    body = body_of(model)
+    return lambda ids, mask, types: body(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
 
 
 @torch.no_grad()

@@ -1,7 +1,18 @@
-"""Text generation from a causal LM: greedy or sampled, with a KV cache.
+"""Text generation from a causal LM: greedy or sampled, batched, with a KV cache.
 
-Sampling controls follow common practice: temperature, top-k, nucleus (top-p),
-CTRL's repetition penalty, stop sequences and a seed for reproducible samples.
+Several prompts run as one batch: they are left-padded, an attention mask hides the
+padding, each row's positions count its own tokens, and a row that stops (end-of-text
+or a stop sequence) leaves the batch, so the others go on at the cost of fewer rows.
+Greedy output of a batch equals each prompt generated alone.
+
+A request longer than the context window keeps going with a sliding window over the
+last max_seq_len tokens, as nanoGPT crops its context: once the cache is full, each new
+token is computed from the window without a cache.
+
+Sampling controls follow common practice: temperature, top-k, nucleus (top-p), CTRL's
+repetition penalty, stop sequences and a seed for reproducible samples.
+
+Shape letters: B batch (active rows), T tokens, V vocabulary, N new tokens.
 """
 
 from __future__ import annotations
@@ -11,30 +22,59 @@ from dataclasses import dataclass, field
 
 import torch
 
+from zerolm.errors import ConfigError
+from zerolm.models.body import input_room
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 100  # tokens to generate at most
-    temperature: float = 1.0  # < 1 sharpens, > 1 flattens; 0 means greedy
+    max_new_tokens: int = 100  # tokens to generate at most (>= 0)
+    temperature: float = 1.0  # < 1 sharpens, > 1 flattens; 0 means greedy (>= 0)
     top_k: int = 0  # keep the k most likely tokens (0: all)
-    top_p: float = 1.0  # keep the smallest set with this much probability (1: all)
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text (CTRL)
+    top_p: float = 1.0  # keep the smallest set with this much probability, in (0, 1] (1: all)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text (CTRL); > 0
     greedy: bool = False  # always take the most likely token
-    stop: list[str] = field(default_factory=list)  # stop when the text contains one of these
-    stop_at_eos: bool = True  # stop at the tokenizer's end-of-text token
+    stop: list[str] = field(default_factory=list)  # stop a row when its text contains one of these
+    stop_at_eos: bool = True  # stop a row at the tokenizer's end-of-text token
     seed: int | None = None  # seed for sampling
     use_cache: bool = True  # KV cache: each new token costs one position of work
 
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
-def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig, history: torch.Tensor) -> torch.Tensor:
-    """logits (B, V) -> processed logits (B, V)."""
-    if cfg.repetition_penalty != 1.0:
-        seen = torch.gather(logits, 1, history)
-        seen = torch.where(seen > 0, seen / cfg.repetition_penalty, seen * cfg.repetition_penalty)
-        logits = logits.scatter(1, history, seen)
-    if cfg.greedy or cfg.temperature == 0:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 0:
+            raise bad("max_new_tokens", "an integer >= 0")
+        if not self.temperature >= 0:  # also catches NaN
+            raise bad("temperature", ">= 0 (0: greedy)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad("top_k", "an integer >= 0 (0: no top-k filter)")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", "in (0, 1] (1: no nucleus filter)")
+        if not self.repetition_penalty > 0:
+            raise bad("repetition_penalty", "> 0 (1: none)")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or self.seed < 0):
+            raise bad("seed", "a non-negative integer")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ConfigError(f"stop sequences must be non-empty strings, got {self.stop!r}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0
+
+
+def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig, seen: torch.Tensor | None) -> torch.Tensor:
+    """logits (B, V) -> processed logits (B, V); `seen` bool (B, V) marks tokens in the text."""
+    if cfg.repetition_penalty != 1.0 and seen is not None:
+        pen = torch.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
+        logits = torch.where(seen, pen, logits)
+    if cfg.is_greedy:
         return logits
     logits = logits / cfg.temperature
     if cfg.top_k and cfg.top_k < logits.shape[-1]:
@@ -50,72 +90,131 @@ def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig, history: torch.T
     return logits
 
 
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) position of each token among its row's real tokens (padding: 0)."""
+    return (mask.cumsum(1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
-def input_room(model) -> int:
-    """Positions left for tokens: max_seq_len, less any that a transform such as a soft
-    prompt (zerolm.peft) has taken (it records them as `reserved_positions`)."""
-    return model.config.max_seq_len - getattr(model, "reserved_positions", 0)
-
-
-def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *, eos_id: int | None = None,
-                 tokenizer=None) -> torch.Tensor:
-    """Continue `input_ids` (B, T); returns the new tokens (B, N), N <= max_new_tokens."""
+def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
+                 attention_mask: torch.Tensor | None = None, eos_id: int | None = None,
+                 pad_id: int = 0, tokenizer=None) -> torch.Tensor:
+    """Continue the left-padded prompts `input_ids` (B, T); returns the new tokens (B, N),
+    N <= max_new_tokens. A row that stopped early is filled with `eos_id` (or `pad_id`)."""
     model.eval()
     device = next(model.parameters()).device
-    ids = input_ids.to(device)
-    B, T = ids.shape
+    seqs = input_ids.to(device)
+    B, T = seqs.shape
+    mask = (torch.ones_like(seqs) if attention_mask is None else attention_mask.to(device)).long()
+    if B and bool((mask.sum(1) == 0).any()):
+        raise ValueError("every prompt needs at least one token")
     limit = input_room(model)
-    n_new = cfg.max_new_tokens
-    if cfg.use_cache and T + n_new > limit:
-        n_new = max(limit - T, 0)
-        log.warning("max_new_tokens cut to %d: the model sees at most %d tokens", n_new, limit)
+    if limit < 1:
+        raise ValueError(f"the model has no room for tokens (model.max_seq_len {model.config.max_seq_len})")
+    fill = eos_id if eos_id is not None else pad_id
+    out = torch.full((B, cfg.max_new_tokens), fill, dtype=torch.long, device=device)
     gen = torch.Generator(device=device)
     if cfg.seed is not None:
         gen.manual_seed(cfg.seed)
     else:
         gen.seed()
-    cache = model.new_cache(B, T + n_new) if cfg.use_cache else None
-    out = torch.empty(B, 0, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    step_input = ids
-    for _ in range(n_new):
-        if cache is None:
-            step_input = torch.cat([ids, out], dim=1)[:, -limit:]  # a sliding window without a cache
-        logits = model(step_input, cache=cache)[:, -1, :].float()  # (B, V)
-        logits = _filter_logits(logits, cfg, torch.cat([ids, out], dim=1))
-        if cfg.greedy or cfg.temperature == 0:
+    active = torch.arange(B, device=device)  # rows still generating, in batch order
+    cache, cache_mask, windowed = None, None, not cfg.use_cache
+    n = 0
+    for n in range(cfg.max_new_tokens):
+        if not len(active):
+            break
+        rows_ids, rows_mask = seqs[active], mask[active]
+        if not windowed and cache is not None and cache_mask.shape[1] >= limit:
+            windowed = True  # the window is full: from now on, crop and recompute
+            log.info("generation passed the %d-token context window: continuing with a sliding window",
+                     limit)
+        if windowed:
+            ids, m = rows_ids[:, -limit:], rows_mask[:, -limit:]
+            logits = model(ids, attention_mask=m, position_ids=_positions(m))[:, -1]
+            cache = None
+        elif cache is None:  # prefill: the prompts (cropped to the window) in one pass
+            ids, m = rows_ids[:, -limit:], rows_mask[:, -limit:]
+            room = min(ids.shape[1] + cfg.max_new_tokens, limit) + (model.config.max_seq_len - limit)
+            cache = model.new_cache(len(active), room)
+            logits = model(ids, attention_mask=m, position_ids=_positions(m), cache=cache)[:, -1]
+            cache_mask = m
+        else:
+            cache_mask = torch.cat([cache_mask, cache_mask.new_ones(len(active), 1)], dim=1)
+            pos = cache_mask.sum(1, keepdim=True) - 1  # (B, 1)
+            logits = model(rows_ids[:, -1:], attention_mask=cache_mask, position_ids=pos, cache=cache)[:, -1]
+        logits = logits.float()  # (B, V)
+        seen = None
+        if cfg.repetition_penalty != 1.0:
+            seen = torch.zeros_like(logits).scatter_reduce(1, rows_ids, rows_mask.float(), "amax").bool()
+        logits = _filter_logits(logits, cfg, seen)
+        if cfg.is_greedy:
             nxt = logits.argmax(dim=-1)
         else:
             nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen).squeeze(1)
+        out[active, n] = nxt
+        new_col = torch.full((B, 1), pad_id, dtype=torch.long, device=device)
+        new_col[active, 0] = nxt
+        seqs = torch.cat([seqs, new_col], dim=1)
+        mask = torch.cat([mask, torch.zeros_like(new_col).index_fill_(0, active, 1)], dim=1)
+        done = torch.zeros(len(active), dtype=torch.bool, device=device)
         if eos_id is not None and cfg.stop_at_eos:
-            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
             done |= nxt == eos_id
-        out = torch.cat([out, nxt[:, None]], dim=1)
-        step_input = nxt[:, None]
-        if done.all():
-            break
-        if cfg.stop and tokenizer is not None and B == 1:
-            tail = tokenizer.decode(out[0, -16:].tolist(), skip_special_tokens=False)
-            if any(s in tail for s in cfg.stop):
-                break
-    return out
+        if cfg.stop and tokenizer is not None:
+            for j, row in enumerate(active.tolist()):
+                tail = tokenizer.decode(out[row, max(0, n - 15):n + 1].tolist(), skip_special_tokens=False)
+                done[j] |= any(s in tail for s in cfg.stop)
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            active = active[keep]
+            if cache is not None:
+                cache.reorder(keep)
+                cache_mask = cache_mask[keep]
+    used = n + 1 if cfg.max_new_tokens else 0
+    return out[:, :used]
 
 
-def generate_text(model, tokenizer, prompt: str, cfg: GenerationConfig) -> str:
-    """The text generated after `prompt` (the prompt itself not repeated)."""
-    ids = tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
-    if not ids:
-        start = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
-        if start is None:
-            raise ValueError("an empty prompt needs a tokenizer with an end-of-text token")
-        ids = [start]
-    new = generate_ids(model, torch.tensor([ids]), cfg, eos_id=tokenizer.eos_id, tokenizer=tokenizer)[0]
-    if tokenizer.eos_id is not None and cfg.stop_at_eos:
-        hits = (new == tokenizer.eos_id).nonzero()
-        if len(hits):
-            new = new[: int(hits[0])]
-    text = tokenizer.decode(new.tolist(), skip_special_tokens=True)
+def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask (B, T) of the prompts (an empty prompt starts
+    from the end-of-text token)."""
+    rows = []
+    for p in prompts:
+        ids = tokenizer.encode(p, add_special_tokens=False) if p else []
+        if not ids:
+            start = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
+            if start is None:
+                raise ValueError("an empty prompt needs a tokenizer with an end-of-text token")
+            ids = [start]
+        rows.append(ids)
+    T = max(len(r) for r in rows)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return ids, mask
+
+
+def decode_new(tokenizer, new: list[int], cfg: GenerationConfig) -> str:
+    """The text of generated ids, cut at end-of-text and at the first stop sequence."""
+    if tokenizer.eos_id is not None and cfg.stop_at_eos and tokenizer.eos_id in new:
+        new = new[: new.index(tokenizer.eos_id)]
+    text = tokenizer.decode(new, skip_special_tokens=True)
     for s in cfg.stop:
         if s in text:
             text = text[: text.index(s)]
     return text
+
+
+def generate_texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig) -> list[str]:
+    """The text generated after each prompt (the prompts themselves not repeated), in order."""
+    if not prompts:
+        return []
+    ids, mask = encode_prompts(tokenizer, prompts)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    new = generate_ids(model, ids, cfg, attention_mask=mask, eos_id=tokenizer.eos_id, pad_id=pad,
+                       tokenizer=tokenizer)
+    return [decode_new(tokenizer, row.tolist(), cfg) for row in new]
+
+
+def generate_text(model, tokenizer, prompt: str, cfg: GenerationConfig) -> str:
+    """The text generated after `prompt` (the prompt itself not repeated)."""
+    return generate_texts(model, tokenizer, [prompt], cfg)[0]

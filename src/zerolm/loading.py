@@ -55,3 +55,150 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     if is_hf_dir(path):
         return load_hf(path, device)
     return load_zerolm_model(path, device)
+
+
+class Predictor:
+    """A loaded model ready for use: `.model`, `.tokenizer`, `.task` (None for a model
+    without a task head, e.g. a pretrained encoder), `.meta` (task.json, or {}).
+
+    - `predict(inputs)`: one record per input, in input order, batched by length inside:
+      classification {"label", "score", "probs"}; tagging {"tokens", "tags",
+      "entities"}; completion (and any causal LM) {"completion"};
+    - `embed(texts)`: sentence embeddings (N, D), mean pooling + L2 by default;
+    - `generate(prompts, **options)`: continuations of the prompts (a causal LM);
+    - `evaluate(path)`: the task's report on a labelled file (the dev-set report of
+      fine-tuning, on any file in the training format).
+    """
+
+    def __init__(self, model, tokenizer, task=None, meta: dict | None = None, source: str = ""):
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.meta = dict(meta or {})
+        self.source = source
+
+    def __repr__(self) -> str:
+        what = self.meta.get("task") or type(self.model).__name__
+        return f"Predictor({self.source!r}, {what}, {self.model.config.family})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _need_task(self, what: str):
+        if self.task is None:
+            raise ConfigError(f"{self.source}: {what} needs a fine-tuned model (a run's best/ or final/ with "
+                              "task.json) or a causal LM; this model has no task head (use .embed)")
+        if self.tokenizer is None:
+            raise ConfigError(f"{self.source}: no tokenizer beside the weights")
+        return self.task
+
+    def predict_batches(self, data, *, progress: bool | None = None) -> list[dict]:
+        """Predictions for every example of `data` (Batches with eval_batches), in order."""
+        from zerolm.progress import progress_bar
+
+        task = self._need_task("predict")
+        n = len(data.lengths)
+        results: list[dict | None] = [None] * n
+        bar = progress_bar(n, "predicting", unit="example", enabled=progress)
+        self.model.eval()
+        with torch.no_grad():
+            for batch in data.eval_batches():
+                index = batch.pop("index").tolist()
+                for i, pred in zip(index, task.predict(self.model, batch)):
+                    results[i] = pred
+                bar.update(len(index))
+        bar.close()
+        return [r for r in results if r is not None]
+
+    def predict(self, inputs, *, batch_size: int = 32, progress: bool | None = False) -> list[dict]:
+        """One prediction record per input, in input order (see the class docstring)."""
+        task = self._need_task("predict")
+        single = isinstance(inputs, str)
+        items = [inputs] if single else list(inputs)
+        if not items:
+            return []
+        preds = self.predict_batches(task.batches(items, batch_size=batch_size), progress=progress)
+        describe = getattr(task, "describe", None)
+        if describe is not None:
+            preds = [describe(x, p) for x, p in zip(items, preds)]
+        return preds
+
+    def evaluate(self, path, *, batch_size: int = 32) -> dict:
+        """The task's full report on a labelled file in the training format."""
+        from zerolm.progress import counted
+
+        task = self._need_task("evaluate")
+        data = task.labelled_batches(path, batch_size=batch_size)
+        self.model.eval()
+        with torch.no_grad():
+            return task.evaluate(self.model, counted(data.eval_batches(), "evaluating", unit="batch",
+                                                     total=-(-len(data.lengths) // batch_size)))
+
+    def embed(self, texts, *, pooling: str = "mean", normalize: bool = True, batch_size: int = 32,
+              max_length: int | None = None, progress: bool = False):
+        """(N, D) float32 sentence embeddings of `texts`, in order."""
+        from zerolm.embed import embed_texts
+
+        if self.tokenizer is None:
+            raise ConfigError(f"{self.source}: no tokenizer beside the weights")
+        return embed_texts(self.model, self.tokenizer, [texts] if isinstance(texts, str) else list(texts),
+                           batch_size=batch_size, pooling=pooling, normalize=normalize,
+                           max_length=max_length, progress=progress)
+
+    def generate(self, prompts, **options) -> list[str]:
+        """The text each prompt continues with; options are GenerationConfig's fields."""
+        from zerolm.generate import GenerationConfig, generate_texts
+        from zerolm.models import CausalLM
+
+        if not isinstance(self.model, CausalLM):
+            raise ConfigError(f"{self.source}: generation needs a causal LM (family gpt), this is a "
+                              f"{type(self.model).__name__} ({self.model.config.family})")
+        if self.tokenizer is None:
+            raise ConfigError(f"{self.source}: no tokenizer beside the weights")
+        single = isinstance(prompts, str)
+        out = generate_texts(self.model, self.tokenizer, [prompts] if single else list(prompts),
+                             GenerationConfig(**options))
+        return out
+
+
+def read_task_meta(directory: Path) -> dict | None:
+    """task.json of a fine-tuned model directory, or None when there is none."""
+    import json
+
+    from zerolm.modeldir import TASK_FILE
+
+    path = directory / TASK_FILE
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta["task"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable task description ({e})") from None
+    return meta
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
+    """Load a model for use: a zerolm model directory, a fine-tuned run's best/ or final/
+    (its task and strategy replayed from task.json; the run directory itself means its
+    best/), a local Hugging Face directory, or `python:PACKAGE`."""
+    from zerolm.modeldir import MODEL_FILE, load_model_config, load_weights
+    from zerolm.models import CausalLM, build_model
+    from zerolm.peft import replay_strategy
+    from zerolm.tasks import CompletionTask, finetune_task
+    from zerolm.tokenizers import Tokenizer
+
+    directory = resolve_model_path(path)
+    if directory.is_dir() and not (directory / MODEL_FILE).exists() and (directory / "best").is_dir():
+        directory = directory / "best"  # a run directory: its best model
+    meta = read_task_meta(directory) if directory.is_dir() else None
+    if meta is None:
+        model, tok = load_model(directory, device)
+        task = CompletionTask(tok, max_length=model.config.max_seq_len) if isinstance(model, CausalLM) else None
+        return Predictor(model, tok, task, {}, str(path))
+    tok_dir = directory / "tokenizer"
+    tok = Tokenizer.load(tok_dir) if tok_dir.exists() else None
+    base = build_model(load_model_config(directory))
+    model, task = finetune_task(meta["task"]).from_meta(meta, base, tok)
+    replay_strategy(model, meta.get("strategy", {}))
+    load_weights(model, directory / MODEL_FILE)
+    return Predictor(model.to(device).eval(), tok, task, meta, str(path))

@@ -32,7 +32,8 @@ def test_hidden_states_match_transformers_on_sst2_dev(models, data_root):
     for i in range(0, len(texts), 32):
         b = tok(texts[i:i + 32])
         with torch.no_grad():
-            a = ours.bert(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+            a = ours.body(b["input_ids"], attention_mask=b["attention_mask"],
+                          token_type_ids=b["token_type_ids"]).last_hidden_state
             h = hf(**b).last_hidden_state
         worst = max(worst, (a - h)[b["attention_mask"].bool()].abs().max().item())
     assert worst <= 1e-5
@@ -69,3 +70,28 @@ def test_embeddings_match_reference_mean_pooling(models, data_root):
     ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
     cos = (vecs * ref).sum(1) / (np.linalg.norm(vecs, axis=1) * np.linalg.norm(ref, axis=1))
     assert cos.min() >= 0.99999
+
+
+def test_every_layer_and_attention_map_match_transformers(models, data_root):
+    """output_hidden_states / output_attentions of HF's BertModel, on padded real text."""
+    ours, tok, _, _ = models
+    hf = transformers.BertModel.from_pretrained(MODEL, attn_implementation="eager").eval()  # forms maps
+    texts = _sst2_dev(data_root)[:32]
+    b = tok(texts)
+    with torch.no_grad():
+        out = ours.body(b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"],
+                        output_hidden_states=True, output_attentions=True)
+        ref = hf(**b, output_hidden_states=True, output_attentions=True)
+    real = b["attention_mask"].bool()
+    assert len(out.hidden_states) == len(ref.hidden_states) == 7
+    for a, h in zip(out.hidden_states, ref.hidden_states):
+        assert (a - h)[real].abs().max().item() <= 1e-5
+    assert len(out.attentions) == len(ref.attentions) == 6
+    for a, h in zip(out.attentions, ref.attentions):
+        assert a.shape == h.shape  # (B, 12, T, T)
+        rows = real[:, None, :, None].expand_as(a)  # padded queries' rows are not compared
+        assert (a - h)[rows].abs().max().item() <= 1e-5
+    # the explicit path gives the same states as the fused default
+    torch.testing.assert_close(out.last_hidden_state[real], ours.body(
+        b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]
+    ).last_hidden_state[real], atol=1e-5, rtol=0)

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from zerolm.tasks.losses import linear_cross_entropy
+from zerolm.models.losses import linear_cross_entropy
 
 
 def test_linear_cross_entropy_equals_reference_loss_and_gradients():

@@ -4,16 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zerolm.models import GPT, Bert, BertForPreTraining, ModelConfig, build_model
+from zerolm.models import Bert, BertForPreTraining, CausalLM, ModelConfig, build_model
 
 # HF modeling_bert's odd test sizes catch shape bugs
 TINY = dict(vocab_size=99, d_model=32, n_layers=2, n_heads=4, d_ff=37, max_seq_len=48,
             dropout=0.0, attn_dropout=0.0)
 
 
-def gpt(**kw) -> GPT:
+def gpt(**kw) -> CausalLM:
     torch.manual_seed(0)
-    return GPT(ModelConfig(family="gpt", **{**TINY, **kw})).eval()
+    return CausalLM(ModelConfig(family="gpt", **{**TINY, **kw})).eval()
 
 
 def bert(**kw) -> BertForPreTraining:
@@ -32,29 +32,30 @@ def _block_keys(prefix: str, i: int, bias: bool = True) -> set[str]:
 
 def test_gpt_state_dict_keys_are_pinned():
     keys = set(gpt().state_dict())
-    expected = {"tok_emb.weight", "pos_emb.weight", "final_norm.weight", "final_norm.bias", "lm_head.weight"}
+    expected = {"body.tok_emb.weight", "body.pos_emb.weight", "body.final_norm.weight",
+                "body.final_norm.bias", "lm_head.weight"}
     for i in range(2):
-        expected |= _block_keys("", i)
+        expected |= _block_keys("body.", i)
     assert keys == expected
 
 
 def test_bert_state_dict_keys_are_pinned():
     keys = set(bert(sentence_head=True).state_dict())
-    expected = {"bert.tok_emb.weight", "bert.pos_emb.weight", "bert.type_emb.weight",
-                "bert.emb_norm.weight", "bert.emb_norm.bias", "bert.pooler.weight", "bert.pooler.bias",
+    expected = {"body.tok_emb.weight", "body.pos_emb.weight", "body.type_emb.weight",
+                "body.emb_norm.weight", "body.emb_norm.bias", "body.pooler.weight", "body.pooler.bias",
                 "mlm_head.dense.weight", "mlm_head.dense.bias", "mlm_head.norm.weight",
                 "mlm_head.norm.bias", "lm_head.weight", "lm_head.bias",
                 "sentence_head.weight", "sentence_head.bias"}
     for i in range(2):
-        expected |= _block_keys("bert.", i)
+        expected |= _block_keys("body.", i)
     assert keys == expected
 
 
 def test_tied_lm_head_shares_the_embedding():
     m = gpt()
-    assert m.lm_head.weight is m.tok_emb.weight
+    assert m.lm_head.weight is m.body.tok_emb.weight
     b = bert()
-    assert b.lm_head.weight is b.bert.tok_emb.weight
+    assert b.lm_head.weight is b.body.tok_emb.weight
 
 
 def test_future_tokens_do_not_change_past_gpt_logits():
@@ -69,23 +70,24 @@ def test_future_tokens_do_not_change_past_gpt_logits():
 
 
 def test_bert_padding_leaves_real_token_outputs_unchanged():
-    m = bert().bert
+    m = bert().body
     x = torch.randint(5, 99, (2, 11))
     with torch.no_grad():
-        ref = m(x, attention_mask=torch.ones_like(x))
+        ref = m(x, attention_mask=torch.ones_like(x)).last_hidden_state
         padded = torch.cat([x, torch.zeros(2, 6, dtype=torch.long)], dim=1)
         mask = torch.cat([torch.ones(2, 11), torch.zeros(2, 6)], dim=1).long()
-        out = m(padded, attention_mask=mask)
+        out = m(padded, attention_mask=mask).last_hidden_state
     assert torch.allclose(out[:, :11], ref, atol=1e-5)
 
 
 def test_bert_is_bidirectional():
-    m = bert().bert
+    m = bert().body
     x = torch.randint(5, 99, (1, 10))
     y = x.clone()
     y[0, -1] = (x[0, -1] + 1) % 99
     with torch.no_grad():
-        assert not torch.allclose(m(x)[:, 0], m(y)[:, 0], atol=1e-4)
+        a, b = m(x).last_hidden_state, m(y).last_hidden_state
+        assert not torch.allclose(a[:, 0], b[:, 0], atol=1e-4)
 
 
 @pytest.mark.parametrize("position", ["learned", "sinusoidal"])
@@ -122,10 +124,10 @@ def test_sampling_is_reproducible_with_a_seed_and_respects_top_k():
     cfg = GenerationConfig(max_new_tokens=12, temperature=1.0, top_k=5, seed=3)
     assert torch.equal(generate_ids(m, prompt, cfg), generate_ids(m, prompt, cfg))
     logits = torch.randn(1, 99)
-    kept = torch.isfinite(_filter_logits(logits, GenerationConfig(top_k=5), prompt))
+    kept = torch.isfinite(_filter_logits(logits, GenerationConfig(top_k=5), None))
     assert kept.sum() == 5
     probs = torch.softmax(logits, -1)
-    kept_p = torch.isfinite(_filter_logits(logits, GenerationConfig(top_p=0.5), prompt))
+    kept_p = torch.isfinite(_filter_logits(logits, GenerationConfig(top_p=0.5), None))
     assert probs[kept_p].sum() >= 0.5 and probs[kept_p].sum() - probs[kept_p].min() < 0.5
 
 

@@ -247,10 +247,11 @@ def test_one_step_moves_exactly_the_trainable_parameters(make, strategy):
         adapters = {n for n in names if ".adapter." in n}
         assert adapters and trainable == heads | norms | adapters
     elif strategy == "prompt":
-        prompt = {n for n in names if n.endswith("tok_emb.prompt")}
+        prompt = {n for n in names if n.endswith(".soft_prompt.weight")}
         assert len(prompt) == 1 and trainable == heads | prompt
     elif strategy == "prefix":
-        prefixes = {n for n in names if n.endswith((".attn.prefix_k", ".attn.prefix_v"))}
+        # keys and values of each of the 2 blocks
+        prefixes = {n for n in names if ".prefix_kv.keys." in n or ".prefix_kv.values." in n}
         assert len(prefixes) == 2 * 2 and trainable == heads | prefixes
     if strategy != "full":
         assert summary["percent"] < 100
@@ -266,9 +267,10 @@ def test_bare_encoder_with_classifier_head_only_is_a_linear_probe():
             self.classifier = nn.Linear(32, 3)
 
         def forward(self, ids):
-            return self.classifier(self.bert(ids)[:, 0])
+            return self.classifier(self.bert(ids).last_hidden_state[:, 0])
 
     model = Classifier()
+    assert model(batch(model.bert)).shape == (3, 3)
     apply_strategy(model, "head_only")
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         "classifier.weight", "classifier.bias"}

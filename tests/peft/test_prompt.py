@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from zerolm.generate import GenerationConfig, generate_ids
-from zerolm.models import GPT, Bert, ModelConfig, build_model
+from zerolm.models import GPT, Body, ModelConfig, body_of, build_model
+from zerolm.models.body import input_room
 from zerolm.models.heads import SequenceClassifier
-from zerolm.peft import PrefixAttention, PromptEmbedding, apply_strategy
+from zerolm.models.layers import MultiHeadAttention
+from zerolm.peft import PrefixKV, SoftPrompt, apply_strategy, reserved_positions
 
 FAMILIES = ("bert", "gpt")
 KINDS = ("prompt", "prefix")
@@ -28,15 +30,9 @@ def tiny(family: str) -> nn.Module:
     return build_model(cfg).eval()
 
 
-def body_of(model: nn.Module) -> nn.Module:
-    return model.bert if hasattr(model, "bert") else model
-
-
-def hidden(body: nn.Module, ids, mask=None, **kw) -> torch.Tensor:
-    """Final states (B, T, D) through the entry each family's heads use."""
-    if isinstance(body, Bert):
-        return body(ids, mask, **kw)
-    return body.hidden_states(ids, attention_mask=mask, **kw)
+def hidden(body: Body, ids, mask=None, **kw) -> torch.Tensor:
+    """Final states (B, T, D) through the entry every head uses."""
+    return body(ids, attention_mask=mask, **kw).last_hidden_state
 
 
 def classifier(family: str, kind: str | None = None, seed: int = 0) -> SequenceClassifier:
@@ -68,10 +64,11 @@ def test_soft_prompt_equals_the_base_model_on_inserted_tokens(family):
     model = copy.deepcopy(base)
     apply_strategy(model, "prompt", prompt_length=P)
     words = torch.tensor([5, 17, 42, 8])
-    emb = body_of(model).tok_emb
-    assert isinstance(emb, PromptEmbedding)
+    body = body_of(model)
+    assert isinstance(body.soft_prompt, SoftPrompt)
+    assert type(body.tok_emb) is nn.Embedding  # the token embedding is not swapped
     with torch.no_grad():
-        emb.prompt.copy_(emb.weight[words])
+        body.soft_prompt.weight.copy_(body.tok_emb.weight[words])
     ids, mask = ids_and_mask()
     types = torch.zeros_like(ids)
     types[:, 5:] = 1  # a sentence pair: the prompt is in segment A
@@ -83,36 +80,41 @@ def test_soft_prompt_equals_the_base_model_on_inserted_tokens(family):
     def strip(h):
         return torch.cat([h[:, :k], h[:, k + P:]], dim=1)
 
+    ones = torch.ones(P, dtype=torch.long)
     with torch.no_grad():
         if family == "bert":
-            want = strip(body_of(base)(put(ids, words), put(mask, torch.ones(P, dtype=torch.long)),
-                                       put(types, torch.zeros(P, dtype=torch.long))))
-            got = body_of(model)(ids, mask, types)
-            positions = body_of(model)(ids, mask, types, torch.arange(9)[None])
+            want = strip(hidden(body_of(base), put(ids, words), put(mask, ones),
+                                token_type_ids=put(types, 0 * ones)))
+            got = hidden(body, ids, mask, token_type_ids=types)
+            positions = hidden(body, ids, mask, token_type_ids=types, position_ids=torch.arange(9)[None])
+            embeds = hidden(body, None, mask, token_type_ids=types, inputs_embeds=body.embed(ids))
         else:
-            want = strip(base.hidden_states(put(ids, words), put(mask, torch.ones(P, dtype=torch.long))))
-            got = model.hidden_states(ids, attention_mask=mask)
-            positions = model.hidden_states(ids, mask, torch.arange(9)[None])
+            want = strip(hidden(base.body, put(ids, words), put(mask, ones)))
+            got = hidden(body, ids, mask)
+            positions = hidden(body, ids, mask, position_ids=torch.arange(9)[None])
+            embeds = hidden(body, None, mask, inputs_embeds=body.embed(ids))
             # the causal-LM path (forward) goes through the same prompt
-            torch.testing.assert_close(model(ids, attention_mask=mask, return_hidden=True), got,
-                                       rtol=0, atol=0)
+            torch.testing.assert_close(model(ids, attention_mask=mask), model.lm_head(got), rtol=0, atol=0)
             torch.testing.assert_close(model(ids, attention_mask=mask),
-                                       strip(base(put(ids, words), put(mask, torch.ones(P, dtype=torch.long)))),
+                                       strip(base(put(ids, words), attention_mask=put(mask, ones))),
                                        rtol=0, atol=1e-5)
     assert got.shape == (2, 9, 32)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     torch.testing.assert_close(positions, got, rtol=0, atol=0)  # the default positions, given
+    torch.testing.assert_close(embeds, got, rtol=0, atol=0)  # token embeddings in place of ids
     # the base model, copied before the transform, is untouched
     with torch.no_grad():
         assert not torch.allclose(hidden(body_of(base), ids, mask), got, atol=1e-3)
+    assert not hasattr(body_of(base), "soft_prompt")
 
 
-def reference_attention(attn: PrefixAttention, x, mask, causal) -> torch.Tensor:
-    """Softmax(q k^T / sqrt(Dh)) v over [prefix; own] keys, written out by hand."""
+def reference_attention(attn: MultiHeadAttention, prefix_k, prefix_v, x, mask, causal) -> torch.Tensor:
+    """Softmax(q k^T / sqrt(Dh)) v over [prefix; own] keys, written out by hand; the
+    prefix keys and values (P, D) have the heads side by side, like k_proj's output."""
     B, T, D = x.shape
     H, Dh = attn.n_heads, attn.head_dim
-    k = torch.cat([attn.prefix_k.expand(B, -1, -1), attn.k_proj(x)], 1)  # (B, P + T, D)
-    v = torch.cat([attn.prefix_v.expand(B, -1, -1), attn.v_proj(x)], 1)
+    k = torch.cat([prefix_k.expand(B, -1, -1), attn.k_proj(x)], 1)  # (B, P + T, D)
+    v = torch.cat([prefix_v.expand(B, -1, -1), attn.v_proj(x)], 1)
     q = attn.q_proj(x).view(B, T, H, Dh).transpose(1, 2)
     k = k.view(B, P + T, H, Dh).transpose(1, 2)
     v = v.view(B, P + T, H, Dh).transpose(1, 2)
@@ -132,8 +134,18 @@ def reference_attention(attn: PrefixAttention, x, mask, causal) -> torch.Tensor:
 def test_prefix_attention_matches_a_reference(causal, padded):
     model = tiny("gpt")
     apply_strategy(model, "prefix", prompt_length=P)
-    attn = model.blocks[1].attn
-    assert isinstance(attn, PrefixAttention)
+    kv = model.body.prefix_kv
+    assert isinstance(kv, PrefixKV)
+    attn = model.body.blocks[1].attn
+    assert type(attn) is MultiHeadAttention  # the attention is not swapped
+    # what the body attends with: the prefix the pre-hook hands to every forward
+    seen = []
+    attn.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["prefix"]), with_kwargs=True)
+    with torch.no_grad():
+        model(torch.randint(0, 99, (1, 3)))
+    assert len(seen) == 1
+    for a, b in zip(seen[0], kv.per_layer()[1], strict=True):
+        assert torch.equal(a, b)
     x = torch.randn(2, 7, 32)
     key_mask = None
     if padded:
@@ -143,8 +155,8 @@ def test_prefix_attention_matches_a_reference(causal, padded):
     if padded and causal:  # the decoder passes causality inside its mask
         mask = key_mask & torch.ones(7, 7, dtype=torch.bool).tril()
     with torch.no_grad():
-        got = attn(x, mask=mask, causal=causal)
-        want = reference_attention(attn, x, key_mask, causal)
+        got, _ = attn(x, mask=mask, causal=causal, prefix=seen[0])
+        want = reference_attention(attn, kv.keys[1], kv.values[1], x, key_mask, causal)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
@@ -205,11 +217,12 @@ def test_kv_cached_logits_equal_full_forward(kind, given_positions):
 
     with torch.no_grad():
         full = call(0, 24)
-        cache = model.new_cache(2, 24)  # sized in real tokens
+        cache = model.new_cache(2, 24 + reserved_positions(model))  # real tokens + the prompt's
         parts = [call(0, 7, cache)]  # a prompt, then one token at a time, then a chunk
         parts += [call(t, t + 1, cache) for t in range(7, 16)]
         parts.append(call(16, 24, cache))
-    assert cache.length == 24 + (P if kind == "prompt" else 0)
+    assert reserved_positions(model) == (P if kind == "prompt" else 0)
+    assert cache.length == 24 + reserved_positions(model)
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=0, atol=1e-5)
     if given_positions:
         with torch.no_grad():
@@ -227,14 +240,20 @@ def test_greedy_generation_cached_equals_uncached(kind):
     assert torch.equal(a, b)
 
 
-def test_generation_stops_where_the_soft_prompt_leaves_no_room():
+def test_generation_past_the_window_left_by_the_soft_prompt():
     model = tiny("gpt")  # 32 positions, P of them taken by the prompt
     apply_strategy(model, "prompt", prompt_length=P)
+    assert input_room(model) == 32 - P
     prompt = torch.randint(0, 99, (1, 5))
-    a = generate_ids(model, prompt, GenerationConfig(max_new_tokens=100, greedy=True))
-    assert a.shape == (1, 32 - P - 5)
-    b = generate_ids(model, prompt, GenerationConfig(max_new_tokens=32 - P - 5, greedy=True, use_cache=False))
-    assert torch.equal(a, b)
+    # past the window: a sliding window of the last 32 - P tokens (the prompt fills the rest)
+    a = generate_ids(model, prompt, GenerationConfig(max_new_tokens=40, greedy=True))
+    assert a.shape == (1, 40)
+    # the tokens that fit in the window: the cached ones equal a full forward at every step
+    within = 32 - P - 5
+    b = generate_ids(model, prompt, GenerationConfig(max_new_tokens=within, greedy=True, use_cache=False))
+    assert torch.equal(a[:, :within], b)
+    c = generate_ids(model, prompt, GenerationConfig(max_new_tokens=40, greedy=True, use_cache=False))
+    assert torch.equal(a, c)
 
 
 # --- state dict, reload, copies -----------------------------------------------------------
@@ -249,10 +268,10 @@ def test_keys_are_the_base_keys_plus_the_new_parameters(family, kind):
     assert set(base_sd) <= set(sd)
     added = set(sd) - set(base_sd)
     if kind == "prompt":
-        assert added == {"body.tok_emb.prompt"}
+        assert added == {"body.soft_prompt.weight"}
     else:
-        assert added == {f"body.blocks.{i}.attn.prefix_{w}" for i in range(2) for w in "kv"}
-    for k, v in base_sd.items():  # the swapped modules own the very same tensors
+        assert added == {f"body.prefix_kv.{w}.{i}" for i in range(2) for w in ("keys", "values")}
+    for k, v in base_sd.items():  # the base parameters are the very same tensors
         assert torch.equal(sd[k], v)
 
 
@@ -260,8 +279,9 @@ def test_keys_are_the_base_keys_plus_the_new_parameters(family, kind):
 def test_tied_gpt_head_stays_tied(kind):
     model = tiny("gpt")
     apply_strategy(model, kind, prompt_length=P)
-    assert model.lm_head.weight is model.tok_emb.weight
-    assert not model.tok_emb.weight.requires_grad
+    assert type(model.body.tok_emb) is nn.Embedding
+    assert model.lm_head.weight is model.body.tok_emb.weight
+    assert not model.body.tok_emb.weight.requires_grad
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -292,7 +312,7 @@ def test_deep_copy_is_independent(family, kind):
         want = hidden(model.body, ids, mask)
         torch.testing.assert_close(hidden(twin.body, ids, mask), want, rtol=0, atol=0)
         for n, p in twin.named_parameters():
-            if n.endswith(("tok_emb.prompt", "prefix_k", "prefix_v")):
+            if ".soft_prompt." in n or ".prefix_kv." in n:
                 p.add_(torch.randn_like(p))  # (a constant shift would vanish in LayerNorm)
         assert not torch.allclose(hidden(twin.body, ids, mask), want, atol=1e-3)
         torch.testing.assert_close(hidden(model.body, ids, mask), want, rtol=0, atol=0)
@@ -306,8 +326,8 @@ def test_deep_copy_is_independent(family, kind):
 def test_classifier_step_moves_only_the_new_parameters_and_the_head(family, kind):
     model = classifier(family, kind)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    new = {"body.tok_emb.prompt"} if kind == "prompt" else {
-        f"body.blocks.{i}.attn.prefix_{w}" for i in range(2) for w in "kv"}
+    new = {"body.soft_prompt.weight"} if kind == "prompt" else {
+        f"body.prefix_kv.{w}.{i}" for i in range(2) for w in ("keys", "values")}
     assert trainable == new | {"classifier.weight", "classifier.bias"}
     n_new = P * 32 * (1 if kind == "prompt" else 2 * 2)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == n_new + 3 * 32 + 3
@@ -326,9 +346,9 @@ def test_classifier_step_moves_only_the_new_parameters_and_the_head(family, kind
 
 
 def test_models_without_the_stable_names_are_refused():
-    with pytest.raises(ValueError, match="`tok_emb` and `blocks`"):
+    with pytest.raises(ValueError, match="prompt tuning needs a Transformer body"):
         apply_strategy(nn.Sequential(nn.Linear(4, 4)), "prompt", prompt_length=P)
-    with pytest.raises(ValueError, match="stable name `attn`"):
+    with pytest.raises(ValueError, match="prefix tuning needs a Transformer body"):
         apply_strategy(nn.Sequential(nn.Linear(4, 4)), "prefix", prompt_length=P)
 
 
@@ -345,7 +365,7 @@ def test_bad_lengths_and_repeats_are_refused(kind):
 def test_prompt_positions_count_against_max_seq_len():
     model = tiny("gpt")
     apply_strategy(model, "prompt", prompt_length=P)
-    assert isinstance(model, GPT)
+    assert isinstance(model.body, GPT)
     model(torch.randint(0, 99, (1, 32 - P)))  # fits
     with pytest.raises(ValueError, match="soft-prompt positions exceed model.max_seq_len 32"):
         model(torch.randint(0, 99, (1, 32 - P + 1)))

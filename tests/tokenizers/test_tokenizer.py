@@ -329,10 +329,37 @@ def test_cli_trains_saves_and_encodes(corpus, tmp_path, capsys):
     assert "'First Citizen:'" in printed and str([tok.id_to_token(i) for i in first]) in printed
     assert tok.lowercase and tok.vocab_size <= 200
     assert _cli(["tokenizer", "encode", str(out), "--text", "Hear me speak"]) == 0
-    printed = capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
     ids = tok.encode("Hear me speak")
-    assert str([tok.id_to_token(i) for i in ids]) in printed and str(ids) in printed
-    assert "['[CLS]', " in printed
+    assert lines[0].split() == ["id", "piece", "text"]
+    rows = [ln.split() for ln in lines[1:1 + len(ids)]]
+    assert [int(r[0]) for r in rows] == ids
+    assert [r[1] for r in rows] == [tok.id_to_token(i) for i in ids]
+    assert rows[0][1:] == ["[CLS]", '"[CLS]"'] and f"ids:  {ids}" in lines
+
+
+def test_piece_text_reads_byte_level_pieces_as_text(tmp_path):
+    # "café" is frequent enough to become one piece; "中文" occurs once, so its characters
+    # stay split into byte pieces, which cannot be shown as characters on their own
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("café au lait, a gripping story\n" * 20 + "中文\n", encoding="utf-8")
+    tok = Tokenizer.train("bpe", [corpus], 300)
+    texts = {tok.id_to_token(i): tok.piece_text(i) for i in tok.encode("café gripping 中")}
+    assert texts["cafÃ©"] == "café" and texts["Ġgripping"] == " gripping"
+    zhong = [t for p, t in texts.items() if p not in ("cafÃ©", "Ġgripping", "Ġ")]
+    assert "".join(zhong).replace("> <", " ").replace("><", " ") == "<0xE4 0xB8 0xAD>"
+    assert tok.piece_text(tok.eos_id) == "<|endoftext|>"
+    text = "a gripping café au lait"  # no piece splits a character: the texts add up to the text
+    assert "".join(tok.piece_text(i) for i in tok.encode(text)) == text
+
+
+def test_readable_bytes_marks_partial_characters():
+    from zerolm.tokenizers.tokenizer import readable_bytes
+
+    assert readable_bytes("中文".encode()[:4]) == "中<0xE6>"
+    assert readable_bytes(b"a" + "é".encode()[:1]) == "a<0xC3>"
+    assert readable_bytes("中".encode()[1:]) == "<0xB8 0xAD>"
+    assert readable_bytes("ok é".encode()) == "ok é"
 
 
 def test_cli_char_needs_no_vocab_size_and_bpe_does(corpus, tmp_path, capsys):

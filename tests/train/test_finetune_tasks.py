@@ -15,7 +15,8 @@ from zerolm.errors import ZeroLMError
 from zerolm.eval.compare import split_overrides
 from zerolm.tasks.base import to_device
 from zerolm.tokenizers import Tokenizer
-from zerolm.train.finetune import finetune, load_finetuned
+import zerolm
+from zerolm.train.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny"
@@ -56,7 +57,11 @@ def test_causal_lm_finetuning_and_predict(tmp_path):
     assert main(["predict", str(result.out_dir / "best"), "--input", "pkg:quickstart/reviews_prompts_dev.jsonl",
                  "--output", str(out)]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(rows) == 90 and all(set(r) == {"prompt", "completion"} for r in rows)
+    assert len(rows) == 90 and all(set(r) == {"prompt", "completion", "pred_completion"} for r in rows)
+    # the input's own completion column is kept, the generated one is beside it
+    dev = [json.loads(x) for x in (REPO / "src/zerolm/resources/quickstart/reviews_prompts_dev.jsonl")
+           .read_text().splitlines()]
+    assert [r["completion"] for r in rows] == [d["completion"] for d in dev]
     assert rows[0]["prompt"].startswith("Review: ")
 
 
@@ -66,31 +71,38 @@ def test_predict_matches_the_trained_model_and_keeps_input_order(tmp_path, strat
                       [f"out_dir={tmp_path / 'run'}", "train.epochs=1", f"strategy.name={strategy}",
                        "strategy.prompt_length=4"], cls=FinetuneConfig)
     result, report = finetune(cfg)
-    model, tok, task, meta = load_finetuned(result.out_dir / "best")
+    loaded = zerolm.load(result.out_dir / "best")
+    model, tok, task, meta = loaded.model, loaded.tokenizer, loaded.task, loaded.meta
     assert meta["labels"] == ["negative", "positive"] and meta["strategy"]["name"] == strategy
     out = tmp_path / "preds.tsv"
     assert main(["predict", str(result.out_dir / "best"), "--input", "pkg:quickstart/reviews_dev.tsv",
                  "--output", str(out), "--batch-size", "7"]) == 0
     lines = out.read_text().splitlines()
-    assert lines[0].split("\t") == ["text", "label", "prob_negative", "prob_positive"]
+    assert lines[0].split("\t") == ["text", "label", "pred_label", "prob_negative", "prob_positive"]
     dev = (REPO / "src/zerolm/resources/quickstart/reviews_dev.tsv").read_text().splitlines()[1:]
     assert [ln.split("\t")[0] for ln in lines[1:]] == [d.split("\t")[0] for d in dev]
     # the reloaded model predicts what the trained one reported on dev
-    predicted = [ln.split("\t")[1] for ln in lines[1:]]
+    assert [ln.split("\t")[1] for ln in lines[1:]] == [d.split("\t")[1] for d in dev]  # gold kept
+    predicted = [ln.split("\t")[2] for ln in lines[1:]]
     truth = [d.split("\t")[1] for d in dev]
     acc = sum(p == t for p, t in zip(predicted, truth)) / len(truth)
     assert acc == pytest.approx(report["accuracy"])
     for ln in lines[1:]:
-        assert float(ln.split("\t")[2]) + float(ln.split("\t")[3]) == pytest.approx(1.0, abs=1e-5)
+        assert float(ln.split("\t")[3]) + float(ln.split("\t")[4]) == pytest.approx(1.0, abs=1e-5)
     batch = to_device(tok.pad(tok.encode_batch(["a lovely film"])["input_ids"]), torch.device("cpu"))
     assert task.predict(model, batch)[0]["label"] in meta["labels"]
+    # the in-memory API gives what `zerolm predict` wrote, in input order
+    texts = [d.split("\t")[0] for d in dev]
+    records = loaded.predict(texts, batch_size=5)
+    assert [r["label"] for r in records] == predicted
+    assert records[0]["probs"]["negative"] == pytest.approx(float(lines[1].split("\t")[3]), abs=1e-6)
 
 
 def test_compare_writes_a_table_and_resumes(tmp_path, capsys):
     args = ["compare", str(TINY / "classify_reviews.yaml"), "--strategies", "head_only,bitfit",
             "--out-dir", str(tmp_path), "train.max_steps=3", "train.epochs=0", "bitfit:optim.lr=3e-3"]
     assert main(args) == 0
-    root = tmp_path / "compare"
+    root = tmp_path
     rows = json.loads((root / "compare.json").read_text())
     assert [r["strategy"] for r in rows] == ["head_only", "bitfit"]
     assert rows[1]["overrides"] == ["optim.lr=3e-3"] and rows[0]["overrides"] == []

@@ -11,7 +11,8 @@ import zerolm.tasks.tag as tag
 from zerolm.config import FinetuneConfig, load_config
 from zerolm.data.conll import read_conll
 from zerolm.eval.entities import entities
-from zerolm.train.finetune import finetune, load_finetuned
+import zerolm
+from zerolm.train.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny" / "tag_ner.yaml"
@@ -21,8 +22,9 @@ LABELS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 @pytest.mark.parametrize("crf", [False, True])
 def test_tag_finetune_end_to_end_and_reload(tmp_path, monkeypatch, crf):
     built = []
-    setup = tag.setup
-    monkeypatch.setattr(tag, "setup", lambda *a, **k: built.append(setup(*a, **k)) or built[-1])
+    setup = tag.TaggingTask.setup
+    monkeypatch.setattr(tag.TaggingTask, "setup",
+                        classmethod(lambda cls, *a, **k: built.append(setup(*a, **k)) or built[-1]))
     cfg = load_config(TINY, [f"out_dir={tmp_path / 'run'}", f"task.crf={str(crf).lower()}",
                              "train.progress=false"], cls=FinetuneConfig)
     result, report = finetune(cfg)
@@ -38,11 +40,12 @@ def test_tag_finetune_end_to_end_and_reload(tmp_path, monkeypatch, crf):
     assert (out / "entities.png").stat().st_size > 1000
     meta = json.loads((out / "best" / "task.json").read_text())
     assert meta["labels"] == LABELS and meta["crf"] is crf
-    assert "micro avg" in tag.format_report(saved)
+    assert "micro avg" in tag.TaggingTask.format_report(saved)
 
     # the reloaded best model predicts exactly what the trained one does
     (st,) = built
-    model, tok, task, _ = load_finetuned(out / "best")
+    loaded = zerolm.load(out / "best")
+    model, task = loaded.model, loaded.task
     assert (model.crf is not None) is crf
     for batch in st.dev_data.eval_batches():
         assert task.predict(model, batch) == st.task.predict(st.model, batch)
@@ -58,17 +61,25 @@ def test_tag_finetune_end_to_end_and_reload(tmp_path, monkeypatch, crf):
     lines.write_text("".join(" ".join(s.words) + "\n" for s in dev[:5]))
     preds = []
     for path in (REPO / "src/zerolm/resources/quickstart/ner_dev.txt", lines):
-        data, records = tag.prediction_data(path, tok, meta, max_length=64, batch_size=4)
+        inputs, records = task.read_inputs(path)
+        data = task.batches(inputs, batch_size=4)
         rows = [None] * len(records)
         with torch.no_grad():
             for b in data.eval_batches():
                 for i, p in zip(b.pop("index").tolist(), task.predict(model, b)):
-                    rows[i] = {**records[i], **p}
+                    rows[i] = {"tokens": records[i]["tokens"], **task.output_columns(p)}
         preds.append(rows)
     assert preds[0][:5] == preds[1] and preds[1][0]["tokens"] == dev[0].words
-    text = tag.write_predictions(preds[1], tmp_path / "pred.conll")
+    text = task.write_predictions(preds[1], tmp_path / "pred.conll")
     assert [[ln.split("\t") for ln in s.splitlines()] for s in text.strip("\n").split("\n\n")] == \
-        [[[w, t] for w, t in zip(r["tokens"], r["tags"])] for r in preds[1]]
+        [[[w, t] for w, t in zip(r["tokens"], r["pred_tags"])] for r in preds[1]]
+    # in memory: texts give the same tags, with entities at character offsets
+    sents = [" ".join(s.words) for s in dev[:5]]
+    got = loaded.predict(sents, batch_size=2)
+    assert [g["tags"] for g in got] == [r["pred_tags"] for r in preds[1]]
+    for g, text in zip(got, sents):
+        for e in g["entities"]:
+            assert text[e["start"]:e["end"]] == e["text"] and e["type"] in ("LOC", "ORG", "PER")
 
 
 def test_words_cut_by_truncation_count_as_missed(tmp_path):

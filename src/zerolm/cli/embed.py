@@ -9,12 +9,14 @@ from zerolm.cli.main import add_verb
 
 def _common(p) -> None:
     p.add_argument("model", help="zerolm model directory or local Hugging Face model directory")
-    p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
+    p.add_argument("--pooling", choices=["mean", "cls"], default="mean",
+                   help="mean of the token states (sentence-embedding models such as MiniLM) or the "
+                        "first token's state (default: mean)")
     p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
     p.add_argument("--max-length", type=int, default=None, help="truncate inputs to this many tokens")
     p.add_argument("--text-column", default="text", help="column of a .tsv/.csv/.jsonl input")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
 def register(sub) -> None:
@@ -34,18 +36,21 @@ def _read(path: str, column: str) -> list[str]:
 
 def _load(args):
     from zerolm.errors import ZeroLMError
-    from zerolm.loading import load_model
+    from zerolm.loading import load
 
-    model, tok = load_model(args.model, device=args.device)
-    if tok is None:
+    pred = load(args.model, device=args.device)  # a fine-tuned model embeds with its own body
+    if pred.tokenizer is None:
         raise ZeroLMError(f"{args.model}: no tokenizer beside the weights")
-    return model, tok
+    return pred.model, pred.tokenizer
 
 
 def run_embed(args) -> int:
+    import io
     from pathlib import Path
 
     import numpy as np
+
+    from zerolm.atomic import atomic_write_bytes
 
     from zerolm.embed import embed_texts
 
@@ -55,8 +60,9 @@ def run_embed(args) -> int:
                        normalize=not args.no_normalize, max_length=args.max_length,
                        progress=sys.stderr.isatty())
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, vecs)
+    buf = io.BytesIO()
+    np.save(buf, vecs)
+    atomic_write_bytes(out, buf.getvalue())
     print(f"wrote {vecs.shape[0]} x {vecs.shape[1]} embeddings ({args.pooling} pooling"
           f"{'' if args.no_normalize else ', L2-normalised'}) to {out}")
     return 0
@@ -68,7 +74,7 @@ def register_similar(sub) -> None:
     _common(p)
     p.add_argument("--query", required=True, action="append", help="query text (repeatable)")
     p.add_argument("--corpus", required=True, help="one text per line, or a table's text column")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="corpus lines to show per query (default: 5)")
     p.set_defaults(func=run_similar)
 
 

@@ -14,7 +14,7 @@ import sys
 from zerolm.errors import ZeroLMError
 
 # verb module names under zerolm.cli, in the order `zerolm --help` lists them
-VERBS = ["quickstart", "tokenizer", "pretrain", "finetune", "predict", "compare", "generate", "eval", "embed", "similar", "convert", "config"]
+VERBS = ["quickstart", "tokenizer", "pretrain", "finetune", "predict", "compare", "generate", "eval", "embed", "similar", "convert", "config", "clean"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,14 +38,41 @@ def _version() -> str:
     return f"zerolm {__version__}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as `main` sees it: dotted overrides may stand anywhere after the
+    config, also after a verb's options (`pretrain CFG --resume train.max_steps=150`)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        # dotted overrides may also follow a verb's options (`... --strategies a,b x.y=1`)
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--resume / --resume-from / --overwrite, the same in every training verb. All three
+    are flags or take their own value, so none can swallow a dotted override."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in out_dir (from scratch if it has "
+                        "none)")
+    g.add_argument("--resume-from", metavar="CHECKPOINT_DIR", default=None,
+                   help="continue from this checkpoint directory (e.g. "
+                        "RUN/checkpoints/step-00000500)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a used run directory; removes its checkpoints, best/, "
+                        "final/, metrics and reports")
+
+
+def resume_arg(args: argparse.Namespace) -> bool | str:
+    """What the training functions take as `resume`: False, True (the newest checkpoint in
+    out_dir) or a checkpoint path."""
+    return args.resume_from if args.resume_from else bool(args.resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

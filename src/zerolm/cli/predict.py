@@ -14,14 +14,17 @@ def register(sub) -> None:
                  "training text column(s) or one text per line; tagging, a CoNLL file or one "
                  "whitespace-tokenized sentence per line; completion, a table with a prompt "
                  "column or one prompt per line (write \\n for a line break). Output: .tsv or "
-                 ".jsonl (tagging also .conll / .txt in CoNLL columns), in the input's order; "
-                 "batches are sorted by length for speed.")
+                 ".jsonl (tagging also .conll / .txt in CoNLL columns), in the input's order, "
+                 "every input column kept as it was and the prediction added in new columns "
+                 "(pred_label and prob_<class>; pred_tags; pred_completion); batches are sorted by "
+                 "length for speed.")
     p.add_argument("model", help="fine-tuned model directory (with task.json)")
     p.add_argument("--input", required=True, help="input file (paths may be relative to $ZEROLM_DATA)")
     p.add_argument("--output", required=True, help="output file: .tsv or .jsonl")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=None, help="truncate inputs to this many tokens")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per batch (default: 32)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="truncate inputs to this many tokens (default: as in fine-tuning)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=run)
 
 

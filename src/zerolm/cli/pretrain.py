@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from zerolm.cli.main import add_verb
+from zerolm.cli.main import add_run_options, add_verb, resume_arg
 
 
 def register(sub) -> None:
     p = add_verb(sub, "pretrain", "pretrain a model with self-supervision (causal LM or masked LM)",
-                 "zerolm pretrain configs/char_gpt_shakespeare.yaml train.max_steps=500 out_dir=runs/shakes\n"
-                 "  torchrun --standalone --nproc_per_node 2 -m zerolm.cli.main pretrain configs/tiny_gpt.yaml")
-    p.add_argument("config", help="YAML run config (see configs/)")
+                 "zerolm pretrain configs/char_gpt_shakespeare.yaml train.max_steps=500 "
+                 "out_dir=runs/shakes\n"
+                 "  zerolm pretrain configs/char_gpt_shakespeare.yaml --resume "
+                 "train.max_steps=3000\n"
+                 "  torchrun --standalone --nproc_per_node 2 -m zerolm.cli.main pretrain "
+                 "configs/tiny/gpt_char.yaml")
+    p.add_argument("config", help="YAML run config (see configs/ and configs/tiny/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as train.max_steps=100")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue from the newest checkpoint in out_dir (or the one given)")
+    add_run_options(p)
     p.add_argument("--init", metavar="MODEL_DIR", help="start from these weights instead of random ones")
     p.set_defaults(func=run)
 
@@ -23,7 +26,7 @@ def run(args) -> int:
     from zerolm.train.pretrain import pretrain
 
     cfg = load_config(args.config, args.overrides)
-    result = pretrain(cfg, resume=args.resume, init=args.init)
+    result = pretrain(cfg, resume=resume_arg(args), overwrite=args.overwrite, init=args.init)
     if dist.is_main():
         ev = ", ".join(f"{k} {v:.4f}" for k, v in result.final_eval.items() if isinstance(v, float))
         print(f"trained {result.step} steps in {result.wall_s:.1f} s ({result.tokens:,} tokens)"

@@ -23,8 +23,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import shutil
-
     from zerolm.config import load_config
     from zerolm.generate import GenerationConfig, generate_text
     from zerolm.loading import load_model
@@ -33,11 +31,10 @@ def run(args) -> int:
     t0 = time.perf_counter()
     cfg = load_config(QUICKSTART_CONFIG, [f"out_dir={args.out}", *args.overrides])
     out = Path(cfg.out_dir)
-    if out.exists():
-        shutil.rmtree(out)  # the quickstart always starts fresh
     print(f"zerolm quickstart: training a {cfg.tokenizer.kind.upper()} tokenizer and a "
           f"{cfg.model.n_layers}-layer GPT on the shipped corpus ({cfg.train.max_steps} steps)")
-    result = pretrain(cfg)
+    # always fresh: an earlier quickstart's outputs are replaced, anything else there is refused
+    result = pretrain(cfg, overwrite=True)
     chosen = out / "best" if (out / "best").exists() else out / "final"  # lowest validation loss
     model, tok = load_model(chosen)
     prompt = "The river"

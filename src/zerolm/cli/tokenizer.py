@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import unicodedata
 from pathlib import Path
 
 from zerolm.cli.main import add_verb
@@ -35,7 +37,9 @@ def register(sub) -> None:
     tr.add_argument("--out", required=True, metavar="DIR", help="directory to write the tokenizer to")
     tr.set_defaults(func=run_train)
 
-    enc = add_verb(actions, "encode", "show the tokens and ids a tokenizer gives a text", ENCODE_EXAMPLE)
+    enc = add_verb(actions, "encode", "show the tokens a tokenizer gives a text: a table of "
+                   "id, vocabulary piece and the text each piece stands for, then the ids",
+                   ENCODE_EXAMPLE)
     enc.add_argument("path", metavar="DIR",
                      help="tokenizer directory (or a checkpoint directory with a tokenizer/ inside)")
     enc.add_argument("--text", required=True, help="the text to encode")
@@ -46,6 +50,7 @@ def register(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, save, and print a summary with a sample encoding."""
+    from zerolm.config import check_writable_dir
     from zerolm.data.text import iter_records, resolve_data_path
     from zerolm.errors import ConfigError
     from zerolm.tokenizers import Tokenizer
@@ -53,7 +58,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.vocab_size is None and args.kind != "char":
         raise ConfigError(f"--vocab-size is needed for --kind {args.kind} (for example --vocab-size 8000)")
     files = [resolve_data_path(f) for f in args.files]
-    out = Path(args.out)
+    out = check_writable_dir(args.out, key="--out")  # before training, not after
     tok = Tokenizer.train(args.kind, files, args.vocab_size or 0, min_frequency=args.min_frequency,
                           lowercase=args.lowercase)
     tok.save(out)
@@ -70,19 +75,48 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    """Print the tokens and ids of `--text`."""
+    """Print a table of the tokens of `--text` (id, vocabulary piece, the text it stands
+    for), then the ids."""
     from zerolm.tokenizers import Tokenizer
 
     p = Path(args.path)
     tok = Tokenizer.load(p / "tokenizer" if (p / "tokenizer").is_dir() else p)
     ids = tok.encode(args.text, add_special_tokens=args.add_special_tokens)
-    print(f"tokens: {_show_tokens(tok, ids, limit=None)}")
-    print(f"ids:    {ids}")
+    for line in token_table(tok, ids):
+        print(line)
+    print(f"ids:  {ids}")
     print(f"({len(ids)} tokens, {tok.kind} tokenizer, vocab size {tok.vocab_size})")
     return 0
 
 
+def token_table(tok, ids: list[int]) -> list[str]:
+    """Lines of a table: id, piece (the vocabulary entry, in byte symbols for byte-level
+    BPE) and text (what the piece stands for, quoted; `<0xE4 0xB8>` are the bytes of a
+    character split across pieces)."""
+    rows = [(str(i), tok.id_to_token(i) or "?", _quoted(tok.piece_text(i))) for i in ids]
+    w_id = max([len("id"), *(len(r[0]) for r in rows)])
+    w_piece = max([len("piece"), *(_width(r[1]) for r in rows)])
+    lines = [f"{'id':>{w_id}}  {'piece':<{w_piece}}  text"]
+    for i, piece, text in rows:
+        lines.append(f"{i:>{w_id}}  {piece}{' ' * (w_piece - _width(piece))}  {text}")
+    if any("<0x" in r[2] for r in rows):
+        lines.append("(<0x..>: bytes of a character that is split across pieces)")
+    return lines
+
+
+def _quoted(text: str) -> str:
+    """Quoted, so spaces show; line breaks and tabs escaped; é and 中文 left readable."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _width(s: str) -> int:
+    """Terminal columns of `s`: East Asian wide characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
+
+
 def _show_tokens(tok, ids: list[int], limit: int | None = 40) -> str:
-    shown = [tok.id_to_token(i) for i in (ids if limit is None else ids[:limit])]
+    """The pieces as a list; byte-level BPE's as the text they stand for ("Ġthe" -> " the")."""
+    show = tok.piece_text if tok.kind == "bpe" else tok.id_to_token
+    shown = [show(i) for i in (ids if limit is None else ids[:limit])]
     more = " ..." if limit is not None and len(ids) > limit else ""
     return f"{shown}{more}"

@@ -9,6 +9,7 @@ over. Neither direction needs `transformers` installed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -117,15 +118,15 @@ _BERT_LAYER = {
     "output.dense": "mlp.fc_out", "output.LayerNorm": "mlp_norm",
 }
 _BERT_TOP = {
-    "embeddings.word_embeddings": "bert.tok_emb", "embeddings.position_embeddings": "bert.pos_emb",
-    "embeddings.token_type_embeddings": "bert.type_emb", "embeddings.LayerNorm": "bert.emb_norm",
-    "pooler.dense": "bert.pooler", "cls.predictions.transform.dense": "mlm_head.dense",
+    "embeddings.word_embeddings": "body.tok_emb", "embeddings.position_embeddings": "body.pos_emb",
+    "embeddings.token_type_embeddings": "body.type_emb", "embeddings.LayerNorm": "body.emb_norm",
+    "pooler.dense": "body.pooler", "cls.predictions.transform.dense": "mlm_head.dense",
     "cls.predictions.transform.LayerNorm": "mlm_head.norm", "cls.predictions.decoder": "lm_head",
     "cls.seq_relationship": "sentence_head",
 }
 _GPT_LAYER = {"ln_1": "attn_norm", "attn.c_proj": "attn.o_proj", "ln_2": "mlp_norm",
               "mlp.c_fc": "mlp.fc_in", "mlp.c_proj": "mlp.fc_out"}
-_GPT_TOP = {"wte": "tok_emb", "wpe": "pos_emb", "ln_f": "final_norm"}
+_GPT_TOP = {"wte": "body.tok_emb", "wpe": "body.pos_emb", "ln_f": "body.final_norm"}
 
 
 def _bert_from_hf(sd: dict[str, torch.Tensor], origin: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -141,7 +142,7 @@ def _bert_from_hf(sd: dict[str, torch.Tensor], origin: dict[str, str]) -> dict[s
             continue
         m = re.match(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", k)
         if m and m.group(2) in _BERT_LAYER:
-            out[f"bert.blocks.{m.group(1)}.{_BERT_LAYER[m.group(2)]}.{m.group(3)}"] = v
+            out[f"body.blocks.{m.group(1)}.{_BERT_LAYER[m.group(2)]}.{m.group(3)}"] = v
             continue
         m = re.match(r"(.+)\.(weight|bias)$", k)
         if m and m.group(1) in _BERT_TOP:
@@ -159,7 +160,7 @@ def _bert_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if k == "lm_head.bias":
             out["cls.predictions.bias"] = v
             continue
-        m = re.match(r"bert\.blocks\.(\d+)\.(.+)\.(weight|bias)$", k)
+        m = re.match(r"body\.blocks\.(\d+)\.(.+)\.(weight|bias)$", k)
         if m:
             out[f"bert.encoder.layer.{m.group(1)}.{inv_layer[m.group(2)]}.{m.group(3)}"] = v
             continue
@@ -185,11 +186,11 @@ def _gpt_from_hf(sd: dict[str, torch.Tensor], d: int, origin: dict[str, str]) ->
             if name == "attn.c_attn":  # Conv1D (D, 3D): q | k | v, stored transposed
                 parts = v.split(d, dim=-1)
                 for proj, t in zip(("q_proj", "k_proj", "v_proj"), parts):
-                    out[f"blocks.{i}.attn.{proj}.{kind}"] = t.t().contiguous() if kind == "weight" else t
+                    out[f"body.blocks.{i}.attn.{proj}.{kind}"] = t.t().contiguous() if kind == "weight" else t
                 continue
             if name in _GPT_LAYER:
                 conv = name != "ln_1" and name != "ln_2" and kind == "weight"  # Conv1D weights are (in, out)
-                out[f"blocks.{i}.{_GPT_LAYER[name]}.{kind}"] = v.t().contiguous() if conv else v
+                out[f"body.blocks.{i}.{_GPT_LAYER[name]}.{kind}"] = v.t().contiguous() if conv else v
                 continue
         m = re.match(r"(.+)\.(weight|bias)$", k)
         if m and m.group(1) in _GPT_TOP:
@@ -208,7 +209,7 @@ def _gpt_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if k == "lm_head.weight":
             out["lm_head.weight"] = v
             continue
-        m = re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias)$", k)
+        m = re.match(r"body\.blocks\.(\d+)\.(.+)\.(weight|bias)$", k)
         if m:
             i, name, kind = m.groups()
             if name in ("attn.q_proj", "attn.k_proj", "attn.v_proj"):
@@ -266,7 +267,7 @@ def load_hf(directory: str | os.PathLike, device: str | torch.device = "cpu"):
     if cfg.family == "bert":
         sd = dict(_bert_from_hf(raw, origin))
         cfg = ModelConfig(**{**cfg.to_dict(), "sentence_head": "sentence_head.weight" in sd,
-                             "pooler": "bert.pooler.weight" in sd})
+                             "pooler": "body.pooler.weight" in sd})
     else:
         sd = dict(_gpt_from_hf(raw, cfg.d_model, origin))
     model = build_model(cfg)
@@ -285,8 +286,8 @@ def load_hf(directory: str | os.PathLike, device: str | torch.device = "cpu"):
     core = [k for k in fresh if not k.startswith(("mlm_head.", "lm_head.", "sentence_head."))]
     if core:
         raise CheckpointError(f"{weights_file}: missing weights {core[:6]}{'...' if len(core) > 6 else ''}")
-    if fresh:
-        log.info("%s: no pretrained weights for %s (freshly initialised)", directory, ", ".join(fresh))
+    if fresh:  # the LM heads: fine-tuning drops them, pretraining from here trains them
+        log.debug("%s: no pretrained weights for %s (freshly initialised)", directory, ", ".join(fresh))
     tok = None
     if (directory / "tokenizer.json").exists() or (directory / "vocab.txt").exists():
         tok = Tokenizer.load(directory)
@@ -298,7 +299,19 @@ def export_hf(model, directory: str | os.PathLike, tokenizer=None) -> Path:
     from zerolm.atomic import AtomicDir
 
     cfg: ModelConfig = model.config
+    if not cfg.uniform:
+        raise CheckpointError(
+            "this model has per-layer shapes (pruned heads or feed-forward neurons, a head size "
+            "other than d_model / n_heads, or factorised linears), which Hugging Face's BERT and "
+            "GPT-2 configs cannot express; keep it as a zerolm model directory (or export to ONNX)")
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if not cfg.bias:
+        # HF's BERT / GPT-2 always have biases: write zeros (the same function) so the export
+        # loads without a table of "newly initialised" weights
+        full = type(model)(dataclasses.replace(cfg, bias=True)).state_dict()
+        for k, v in full.items():
+            if k.endswith(".bias") and k not in sd:
+                sd[k] = torch.zeros_like(v)
     if cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)  # HF re-ties it from the word embeddings
     hf_sd = _bert_to_hf(sd) if cfg.family == "bert" else _gpt_to_hf(sd)

@@ -30,8 +30,12 @@ class Example:
 
 def read_examples(path: str | Path, *, text_column: str = "text", pair_column: str | None = None,
                   label_column: str = "label") -> list[Example]:
+    """The labelled examples of a table. A missing column or an empty label is an error
+    naming the file and line; empty texts are kept (the model then sees only special
+    tokens for them) with a warning giving their count and the first file:line."""
     p = resolve_data_path(path)
     out = []
+    empty: list[str] = []
     for lineno, row in iter_rows(p):
         for col in (text_column, label_column, pair_column):
             if col is not None and col not in row:
@@ -39,9 +43,17 @@ def read_examples(path: str | Path, *, text_column: str = "text", pair_column: s
         label = row[label_column].strip()
         if not label:
             raise DataError(f"{p}:{lineno}: empty label")
-        out.append(Example(row[text_column], row[pair_column] if pair_column else None, label, f"{p}:{lineno}"))
+        pair = row[pair_column] if pair_column else None
+        if not row[text_column].strip() or (pair is not None and not pair.strip()):
+            empty.append(f"{p}:{lineno}")
+        out.append(Example(row[text_column], pair, label, f"{p}:{lineno}"))
     if not out:
         raise DataError(f"{p}: no examples (the file has only a header)")
+    if empty:
+        cols = repr(text_column) + (f" or {pair_column!r}" if pair_column else "")
+        log.warning("%s: %d of %d examples have an empty %s (first at %s); the model learns "
+                    "their label from no text: fix or drop those rows", p, len(empty), len(out),
+                    cols, empty[0])
     return out
 
 

@@ -40,7 +40,8 @@ def resolve_data_path(path: str | os.PathLike, root: Path | None = None) -> Path
 
 
 def open_text(path: str | os.PathLike):
-    """Open a UTF-8 text file, transparently gunzipping `*.gz`."""
+    """Open a UTF-8 text file for reading, transparently gunzipping `*.gz`; a byte-order
+    mark at the start (Excel and Notepad write one) is dropped."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: file not found (relative data paths resolve against "
@@ -48,8 +49,8 @@ def open_text(path: str | os.PathLike):
     if p.is_dir():
         raise DataError(f"{p}: is a directory, expected a text file")
     if p.suffix == ".gz":
-        return gzip.open(p, "rt", encoding="utf-8", newline="")
-    return open(p, encoding="utf-8", newline="")
+        return gzip.open(p, "rt", encoding="utf-8-sig", newline="")
+    return open(p, encoding="utf-8-sig", newline="")
 
 
 def _open_binary(p: Path):
@@ -62,8 +63,9 @@ def _open_binary(p: Path):
 
 
 def iter_lines(path: str | os.PathLike, *, keep_ends: bool = False) -> Iterator[tuple[int, str]]:
-    """Yield (line_number, line) from a UTF-8 text file (1-based). A file that is not
-    UTF-8 or holds no non-blank text raises DataError naming the file and line."""
+    """Yield (line_number, line) from a UTF-8 text file (1-based). A byte-order mark at
+    the start of the file is dropped. A file that is not UTF-8 or holds no non-blank text
+    raises DataError naming the file and line."""
     p = Path(path)
     lineno = 0
     any_text = False
@@ -71,7 +73,9 @@ def iter_lines(path: str | os.PathLike, *, keep_ends: bool = False) -> Iterator[
         try:
             for lineno, raw in enumerate(fh, start=1):  # noqa: B007
                 try:
-                    line = raw.decode("utf-8")
+                    # utf-8-sig on the first line: a BOM is not text (it would become part
+                    # of the first column's name, or of the first token)
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
                 except UnicodeDecodeError as e:
                     raise DataError(f"{p}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line: "
                                     f"{raw[e.start:e.start + 1]!r}); convert the file to UTF-8") from None
@@ -121,15 +125,22 @@ def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, str]]]:
 
         with open_text(p) as fh:
             reader = csv.reader(fh)
-            header = next(reader, None)
-            if not header:
-                raise DataError(f"{p}: the file is empty")
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"{p}:{reader.line_num}: expected {len(header)} fields, found {len(row)}")
-                yield reader.line_num, dict(zip(header, row))
+            try:
+                header = next(reader, None)
+                if not header:
+                    raise DataError(f"{p}: the file is empty")
+                for row in reader:
+                    if not row:
+                        continue
+                    if len(row) != len(header):
+                        raise DataError(f"{p}:{reader.line_num}: expected {len(header)} fields, "
+                                        f"found {len(row)}")
+                    yield reader.line_num, dict(zip(header, row))
+            except UnicodeDecodeError:
+                raise DataError(f"{p}: not valid UTF-8 (near line {reader.line_num + 1}); convert "
+                                f"the file to UTF-8") from None
+            except csv.Error as e:
+                raise DataError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
     elif suffix == ".jsonl":
         import json
 

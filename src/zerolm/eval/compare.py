@@ -1,9 +1,11 @@
 """Side-by-side comparison of fine-tuning strategies on one task.
 
 Each strategy is one ordinary `zerolm finetune` run of the same config (its own
-process, so peak memory is its own), written to OUT/compare/<strategy>/. A strategy whose
-eval.json already exists is read back instead of retrained, so an interrupted comparison
-picks up where it stopped. The table (Markdown + JSON) and a bar chart go to OUT/compare/.
+process, so peak memory is its own), written to ROOT/<strategy>/, where ROOT is the
+`out_dir` given (`zerolm compare --out-dir ROOT`) or else <the config's out_dir>/compare.
+A strategy whose eval.json already exists is read back instead of retrained, so an
+interrupted comparison picks up where it stopped. The table (Markdown + JSON) and a bar
+chart go to ROOT.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from zerolm.atomic import atomic_write_text
 from zerolm.errors import ZeroLMError
+from zerolm.eval.plots import format_percent
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,21 @@ def headline(report: dict[str, Any]) -> tuple[str, float]:
     return name, float(value)
 
 
+def compare_root(config: str | Path, overrides: list[str] | None = None,
+                 out_dir: str | Path | None = None) -> Path:
+    """Where a comparison writes: `out_dir` itself when given, else <config out_dir>/compare."""
+    from zerolm.config import FinetuneConfig, load_config
+
+    if out_dir:
+        return Path(out_dir)
+    return Path(load_config(config, list(overrides or []), cls=FinetuneConfig).out_dir) / "compare"
+
+
 def compare_strategies(config: str | Path, strategies: list[str], overrides: list[str] | None = None,
                        *, out_dir: str | Path | None = None, force: bool = False) -> list[dict[str, Any]]:
-    from zerolm.config import FinetuneConfig, load_config
+    """Fine-tune `config` once per strategy into ROOT/<strategy>/ (see the module
+    docstring for ROOT) and write the comparison there; returns one row per strategy."""
+    from zerolm.config import FinetuneConfig, check_writable_dir, load_config
     from zerolm.peft import STRATEGIES
 
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -59,8 +74,8 @@ def compare_strategies(config: str | Path, strategies: list[str], overrides: lis
     common, per = split_overrides(list(overrides or []), strategies)
     for s in strategies:  # fail on a bad key before hours of training, not after
         load_config(config, [*common, *per[s], f"strategy.name={s}"], cls=FinetuneConfig)
-    root = Path(out_dir) if out_dir else Path(load_config(config, common, cls=FinetuneConfig).out_dir)
-    root = root / "compare"
+    root = check_writable_dir(compare_root(config, common, out_dir),
+                              key="--out-dir" if out_dir else "out_dir")
     rows = []
     for s in strategies:
         run_dir = root / s
@@ -88,11 +103,12 @@ def compare_strategies(config: str | Path, strategies: list[str], overrides: lis
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     metric = rows[0]["metric"] if rows else "metric"
-    lines = [f"| strategy | {metric} | trainable params | trainable % | wall time (s) | samples/s "
+    lines = [f"| strategy | {metric} | trainable params | trained | wall time (s) | samples/s "
              f"| peak memory (MiB) | overrides |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         mem = f"{r['peak_rss_mb']:,.0f}" if r.get("peak_rss_mb") else "-"
-        lines.append(f"| {r['strategy']} | {r['value']:.4f} | {r['trainable']:,} | {r['percent']:.2f} "
+        lines.append(f"| {r['strategy']} | {r['value']:.4f} | {r['trainable']:,} "
+                     f"| {format_percent(r['percent'])} "
                      f"| {r['wall_s']:,.0f} | {r['samples_per_s']:.1f} | {mem} "
                      f"| {' '.join(r['overrides']) or '-'} |")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -15,8 +16,23 @@ def _pyplot():
     return plt
 
 
-def plot_loss_curve(metrics_jsonl: str | Path, out_png: str | Path, title: str | None = None) -> Path:
-    """Training loss (and validation loss where evaluated) against the step."""
+def format_percent(p: float) -> str:
+    """A share in percent, as a reader would write it: 100%, 12.3%, 0.6%, 0.02%, 0.0013%
+    (two significant digits below 10, three above; never scientific notation)."""
+    if p == 0 or not math.isfinite(p):
+        return f"{p:g}%"
+    digits = (3 if abs(p) >= 10 else 2) - 1 - math.floor(math.log10(abs(p)))
+    text = f"{round(p, max(digits, 0)):.{max(digits, 0)}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
+def plot_loss_curve(metrics_jsonl: str | Path, out_png: str | Path, title: str | None = None,
+                    loss_unit: str = "nats / token") -> Path:
+    """Training loss (and validation loss where evaluated) against the step. `loss_unit`
+    is what one loss value averages over: the task's `loss_unit` ("nats / example" for
+    classification, "nats / word" for tagging)."""
     rows = [json.loads(ln) for ln in Path(metrics_jsonl).read_text().splitlines() if ln.strip()]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
@@ -27,7 +43,7 @@ def plot_loss_curve(metrics_jsonl: str | Path, out_png: str | Path, title: str |
     if va:
         ax.plot(*zip(*va), "o-", label="validation loss", lw=1.5, ms=3)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats / token)")
+    ax.set_ylabel(f"loss ({loss_unit})" if loss_unit else "loss")
     ax.set_title(title or Path(metrics_jsonl).parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -63,21 +79,38 @@ def plot_confusion_matrix(cm, labels: list[str], out_png: str | Path, title: str
     return Path(out_png)
 
 
+def metric_axis_limits(values: list[float]) -> tuple[float, float]:
+    """The value axis of a bar chart: from 0 (bars compare by height only when they start at
+    0; 0.53 vs 0.55 must not look like 1 vs 3), with room above the tallest bar for its
+    labels. Scores in [0, 1] (accuracy, F1) get the whole scale."""
+    lo, hi = min(values, default=0.0), max(values, default=1.0)
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.3
+    if lo >= 0:  # perplexity and the like
+        return 0.0, hi * 1.3
+    pad = (max(hi, 0.0) - lo) * 0.3  # a negative metric: the bars hang from 0
+    return lo - pad, max(hi, 0.0) + pad
+
+
 def plot_strategy_comparison(rows: list[dict], out_png: str | Path, title: str = "") -> Path:
     """One bar per fine-tuning strategy: the headline metric, labelled with the share of
-    parameters trained and the wall time."""
+    parameters trained and the wall time. The metric axis starts at 0, so bar heights
+    compare honestly (a score in [0, 1] gets the axis 0 to 1)."""
     plt = _pyplot()
     names = [r["strategy"] for r in rows]
     values = [r["value"] for r in rows]
+    metric = rows[0]["metric"] if rows else ""
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 4.2), dpi=120)
     bars = ax.bar(names, values, color="#4C72B0")
-    lo, hi = min(values), max(values)
-    pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 0.05
-    ax.set_ylim(max(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad)
+    ax.set_ylim(*metric_axis_limits(values))
+    if all(0 <= v <= 1 for v in values):
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     for b, r in zip(bars, rows):
-        ax.annotate(f"{r['value']:.4f}\n{r['percent']:.2g}% trained\n{r['wall_s']:.0f} s",
-                    (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
-    ax.set_ylabel(rows[0]["metric"] if rows else "")
+        label = f"{r['value']:.4f}\n{format_percent(r['percent'])} trained\n{r['wall_s']:.0f} s"
+        ax.annotate(label, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                    va="bottom", fontsize=7)
+    lower_better = metric in ("perplexity", "loss") or metric.endswith("_loss")
+    ax.set_ylabel(f"{metric} ({'lower' if lower_better else 'higher'} is better)" if metric else "")
     ax.set_title(f"fine-tuning strategies: {title}")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -7,7 +7,8 @@ decoder is tied to the token embedding, and a 2-way head for next-sentence (NSP)
 sentence-order (SOP, ALBERT) prediction. The layout matches Hugging Face BERT
 checkpoints one-to-one (the key map lives in zerolm.convert).
 
-Shape letters: B batch, T sequence length, D d_model, V vocabulary, N masked positions.
+Shape letters: B batch, T sequence length, D d_model, V vocabulary, N masked positions,
+H heads, P prefix positions.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zerolm.models.config import ModelConfig
+from zerolm.models.body import Body, BodyOutput, Prefix
+from zerolm.models.config import LayerShape, ModelConfig
 from zerolm.models.layers import (
     FeedForward,
     MultiHeadAttention,
@@ -30,21 +32,24 @@ from zerolm.models.layers import (
 class BertBlock(nn.Module):
     """norm(x + attn(x)), then norm(x + mlp(x)): the post-LN residual block."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, shape: LayerShape):
         super().__init__()
-        self.attn = MultiHeadAttention(cfg)
+        self.attn = MultiHeadAttention(cfg, shape)
         self.attn_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
-        self.mlp = FeedForward(cfg)
+        self.mlp = FeedForward(cfg, shape)
         self.mlp_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.attn_norm(x + self.attn_dropout(self.attn(x, mask=mask)))
-        return self.mlp_norm(x + self.mlp(x))
+    def forward(self, x, mask=None, prefix=None, need_probs=False):
+        a, probs = self.attn(x, mask=mask, prefix=prefix, need_probs=need_probs)
+        x = self.attn_norm(x + self.attn_dropout(a))
+        return self.mlp_norm(x + self.mlp(x)), probs
 
 
-class Bert(nn.Module):
+class Bert(Body):
     """The encoder: ids (B, T) -> contextual hidden states (B, T, D)."""
+
+    causal = False
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -56,23 +61,32 @@ class Bert(nn.Module):
         self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.emb_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.emb_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.blocks = nn.ModuleList(BertBlock(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(BertBlock(cfg, cfg.layer(i)) for i in range(cfg.n_layers))
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.pooler else None
         self.apply(lambda m: init_weights(m, cfg.init_std))
 
     def forward(
         self,
-        input_ids: torch.Tensor,  # (B, T)
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        *,
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, D) token embeddings
         attention_mask: torch.Tensor | None = None,  # (B, T) 1 = real token, 0 = padding
         token_type_ids: torch.Tensor | None = None,  # (B, T) segment A = 0, B = 1
         position_ids: torch.Tensor | None = None,  # (B, T)
-    ) -> torch.Tensor:
-        B, T = input_ids.shape
+        cache=None,
+        prefix: Prefix | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BodyOutput:
+        if cache is not None:
+            raise ValueError("a Bert encoder attends in both directions: it has no KV cache")
+        x = self._inputs(input_ids, inputs_embeds)  # (B, T, D)
+        B, T, _ = x.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds model.max_seq_len {self.config.max_seq_len}")
         if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device)[None]  # (1, T)
-        x = self.tok_emb(input_ids) + self.pos_emb(position_ids)  # (B, T, D)
+            position_ids = torch.arange(T, device=x.device)[None]  # (1, T)
+        x = x + self.pos_emb(position_ids)
         if self.type_emb is not None:
             if token_type_ids is None:
                 x = x + self.type_emb.weight[0]
@@ -82,14 +96,22 @@ class Bert(nn.Module):
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T): keys a query may see
-        for block in self.blocks:
-            x = block(x, mask=mask)
-        return x
+        hidden = [x] if output_hidden_states else None
+        attns = [] if output_attentions else None
+        for i, block in enumerate(self.blocks):
+            x, probs = block(x, mask=mask, prefix=prefix[i] if prefix is not None else None,
+                             need_probs=output_attentions)
+            if hidden is not None:
+                hidden.append(x)
+            if attns is not None:
+                attns.append(probs)
+        return BodyOutput(x, tuple(hidden) if hidden is not None else None,
+                          tuple(attns) if attns is not None else None)
 
-    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The pooled [CLS] vector (B, D): tanh(dense(h[:, 0]))."""
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled [CLS] vector (B, D): tanh(dense(h[:, 0])), or h[:, 0] without a pooler."""
         if self.pooler is None:
-            raise ValueError("this model has no pooler (model.pooler: false)")
+            return hidden[:, 0]
         return torch.tanh(self.pooler(hidden[:, 0]))
 
 
@@ -119,7 +141,7 @@ class BertForPreTraining(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.bert = Bert(cfg)
+        self.body = Bert(cfg)
         self.mlm_head = MLMHeadTransform(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=True)
         self.sentence_head = nn.Linear(cfg.d_model, 2) if cfg.sentence_head else None
@@ -127,7 +149,7 @@ class BertForPreTraining(nn.Module):
             if m is not None:
                 m.apply(lambda mod: init_weights(mod, cfg.init_std))
         if cfg.tie_embeddings:
-            self.lm_head.weight = self.bert.tok_emb.weight
+            self.lm_head.weight = self.body.tok_emb.weight
 
     def forward(
         self,
@@ -136,12 +158,13 @@ class BertForPreTraining(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         mlm_positions: torch.Tensor | None = None,  # bool (B, T): where to predict tokens
     ) -> BertPretrainingOutput:
-        h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, D)
+        h = self.body(input_ids, attention_mask=attention_mask,
+                      token_type_ids=token_type_ids).last_hidden_state  # (B, T, D)
         # Predicting only at masked positions skips ~85% of the V-wide projection,
         # which dominates the cost of small models.
         sel = h[mlm_positions] if mlm_positions is not None else h  # (N, D) or (B, T, D)
         mlm_logits = self.lm_head(self.mlm_head(sel))
         sentence_logits = None
         if self.sentence_head is not None:
-            sentence_logits = self.sentence_head(self.bert.pool(h))
+            sentence_logits = self.sentence_head(self.body.pool(h))
         return BertPretrainingOutput(mlm_logits, sentence_logits, h)

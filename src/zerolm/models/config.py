@@ -1,16 +1,45 @@
-"""The model config shared by both families (encoder and decoder).
+"""The model config shared by every family (encoder, decoder).
 
 One dataclass keeps configs, checkpoints and conversion simple: each field says which
-family uses it. Only the standard library is imported here (models/ depends on torch
-and the standard library alone).
+family uses it. Per-layer shapes (`layers`) let a model whose heads or feed-forward
+neurons were pruned, or whose linears were factorised, be described, saved and rebuilt
+exactly. Only the standard library is imported here (models/ depends on torch and the
+standard library alone).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 Family = Literal["bert", "gpt"]
+FAMILIES = ("bert", "gpt")  # the registry in zerolm.models maps each to its classes
+
+# the linears of a block that a low-rank factorisation may replace (keys of LayerShape.ranks)
+FACTORISABLE = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc_in", "mlp.fc_out")
+
+
+@dataclass
+class LayerShape:
+    """The shape of one block where it differs from the model-wide defaults (None: default)."""
+
+    n_heads: int | None = None  # attention heads of this block (0: the block has no attention)
+    head_dim: int | None = None  # size of each head (q/k/v project D -> n_heads * head_dim)
+    d_ff: int | None = None  # feed-forward width (0: the block has no feed-forward)
+    ranks: dict[str, int] = field(default_factory=dict)  # factorised linears: name -> rank r
+
+    def __post_init__(self) -> None:
+        for name in ("n_heads", "head_dim", "d_ff"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < (1 if name == "head_dim" else 0)):
+                raise ValueError(f"model.layers: {name} must be a {'positive' if name == 'head_dim' else 'non-negative'}"
+                                 f" integer, got {v!r}")
+        for name, r in self.ranks.items():
+            if name not in FACTORISABLE:
+                raise ValueError(f"model.layers: ranks names {name!r}; factorisable linears are "
+                                 f"{', '.join(FACTORISABLE)}")
+            if not isinstance(r, int) or r < 1:
+                raise ValueError(f"model.layers: rank of {name} must be a positive integer, got {r!r}")
 
 
 @dataclass
@@ -19,8 +48,10 @@ class ModelConfig:
     vocab_size: int = 8192  # rows of the token embedding (and of the tied LM head)
     d_model: int = 256  # hidden size: width of every residual stream vector
     n_layers: int = 4  # number of Transformer blocks
-    n_heads: int = 4  # attention heads; d_model must divide evenly (head size d_model // n_heads)
+    n_heads: int = 4  # attention heads per block (default of every block)
+    head_dim: int = 0  # size of each head; 0: d_model // n_heads (d_model must divide evenly)
     d_ff: int = 1024  # inner width of the feed-forward network (4 * d_model in BERT/GPT-2)
+    layers: list[LayerShape] = field(default_factory=list)  # per-block shapes; empty: all default
     max_seq_len: int = 512  # longest sequence: rows of the learned position table, KV cache size
     position: Literal["learned", "sinusoidal"] = "learned"  # sinusoidal: fixed, no parameters
     type_vocab_size: int = 2  # bert: segment (token-type) embeddings; 0 disables them
@@ -36,26 +67,56 @@ class ModelConfig:
     pad_id: int = 0  # padding token id (used for embeddings' padding rows and batching)
 
     def __post_init__(self) -> None:
-        if self.family not in ("bert", "gpt"):
-            raise ValueError(f"model.family must be 'bert' or 'gpt', got {self.family!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
-            )
+        if self.family not in FAMILIES:
+            raise ValueError(f"model.family {self.family!r} is not a known family; known: "
+                             f"{', '.join(FAMILIES)}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.head_dim < 0:
+            raise ValueError(f"model.head_dim must be >= 0 (0: d_model // n_heads), got {self.head_dim}")
+        if not self.head_dim and self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads}), "
+                "or set model.head_dim"
+            )
+        self.layers = [LayerShape(**s) if isinstance(s, dict) else s for s in self.layers]
+        if self.layers and len(self.layers) != self.n_layers:
+            raise ValueError(f"model.layers lists {len(self.layers)} shapes for model.n_layers "
+                             f"{self.n_layers}: give one per layer (or none)")
         if self.position not in ("learned", "sinusoidal"):
             raise ValueError(f"model.position must be 'learned' or 'sinusoidal', got {self.position!r}")
         if self.activation not in ("gelu", "gelu_tanh", "relu"):
             raise ValueError(f"model.activation must be gelu, gelu_tanh or relu, got {self.activation!r}")
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def default_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    def layer(self, i: int) -> LayerShape:
+        """Block i's shape with every default filled in."""
+        s = self.layers[i] if self.layers else LayerShape()
+        return LayerShape(n_heads=self.n_heads if s.n_heads is None else s.n_heads,
+                          head_dim=s.head_dim or self.default_head_dim,
+                          d_ff=self.d_ff if s.d_ff is None else s.d_ff, ranks=dict(s.ranks))
+
+    @property
+    def uniform(self) -> bool:
+        """Every block has the model-wide shape, heads span d_model and nothing is
+        factorised: what the BERT and GPT-2 formats of other libraries can express."""
+        plain = LayerShape(self.n_heads, self.d_model // self.n_heads, self.d_ff, {})
+        return (self.d_model % self.n_heads == 0
+                and all(self.layer(i) == plain for i in range(self.n_layers)))
+
+    def with_layers(self, shapes: list[LayerShape]) -> ModelConfig:
+        """A copy with these per-layer shapes (what pruning and factorisation record)."""
+        return replace(self, layers=list(shapes))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.layers:
+            d.pop("layers")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:

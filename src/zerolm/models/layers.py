@@ -1,18 +1,19 @@
-"""Building blocks shared by the encoder and the decoder.
+"""Building blocks shared by every family: embeddings, attention, feed-forward, caches.
 
-Shape letters: B batch, T query length, S key length (past + T), D d_model,
-H heads, Dh head size (D // H), F feed-forward width, V vocabulary.
+Shape letters: B batch, T query length, S key length (prefix + past + T), D d_model,
+H heads, Dh head size, F feed-forward width, P prefix length, V vocabulary, r rank.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zerolm.models.config import ModelConfig
+from zerolm.models.config import LayerShape, ModelConfig
 
 
 def activation_fn(name: str):
@@ -51,18 +52,46 @@ class PositionEmbedding(nn.Module):
         return F.embedding(position_ids, self.weight if self.learned else self.table)
 
 
+class LowRankLinear(nn.Module):
+    """A linear D_in -> D_out factorised through rank r: x -> up(down(x)).
+
+    What low-rank compression puts in place of a full linear (the layer's `ranks` in the
+    config records it, so the model rebuilds with the same shapes). r (D_in + D_out)
+    weights instead of D_in D_out.
+    """
+
+    def __init__(self, d_in: int, d_out: int, rank: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = d_in, d_out, rank
+        self.down = nn.Linear(d_in, rank, bias=False)  # (r, D_in)
+        self.up = nn.Linear(rank, d_out, bias=bias)  # (D_out, r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+def linear(d_in: int, d_out: int, bias: bool, rank: int | None = None) -> nn.Module:
+    """A full linear, or a factorised one when the config gives this linear a rank."""
+    if rank is not None:
+        return LowRankLinear(d_in, d_out, rank, bias)
+    with warnings.catch_warnings():  # a fully pruned block has (0, D) weights: nothing to init
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        return nn.Linear(d_in, d_out, bias=bias)
+
+
 class KVCache:
     """Pre-allocated keys and values of every layer, for incremental decoding.
 
-    `length` counts the positions already stored; the decoder advances it once per
-    forward, after every layer has appended its keys and values.
+    Each layer has its own (H, Dh), so pruned models cache what they attend with.
+    `length` counts the positions already stored (the same for every row: batched
+    prompts are left-padded and the attention mask hides the padding); the body advances
+    it once per forward, after every layer has appended its keys and values.
     """
 
-    def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int,
-                 device=None, dtype=None):
-        shape = (batch, n_heads, max_len, head_dim)  # (B, H, Tmax, Dh)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+    def __init__(self, shapes: list[tuple[int, int]], batch: int, max_len: int, device=None, dtype=None):
+        # (B, H, Tmax, Dh) per layer
+        self.k = [torch.zeros((batch, h, max_len, dh), device=device, dtype=dtype) for h, dh in shapes]
+        self.v = [torch.zeros((batch, h, max_len, dh), device=device, dtype=dtype) for h, dh in shapes]
         self.max_len = max_len
         self.length = 0
 
@@ -75,45 +104,76 @@ class KVCache:
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, H, S, Dh)
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows, in this order (rows that finished leave the batch)."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head scaled dot-product self-attention with separate q/k/v/o projections."""
+    """Multi-head scaled dot-product self-attention with separate q/k/v/o projections.
 
-    def __init__(self, cfg: ModelConfig):
+    q, k and v project D -> H * Dh and o projects back to D; H * Dh need not equal D (a
+    model whose heads were pruned keeps D and loses heads).
+    """
+
+    def __init__(self, cfg: ModelConfig, shape: LayerShape):
         super().__init__()
-        self.n_heads = cfg.n_heads
-        self.head_dim = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.n_heads = shape.n_heads
+        self.head_dim = shape.head_dim
+        inner, r = shape.n_heads * shape.head_dim, shape.ranks
+        self.q_proj = linear(cfg.d_model, inner, cfg.bias, r.get("attn.q_proj"))
+        self.k_proj = linear(cfg.d_model, inner, cfg.bias, r.get("attn.k_proj"))
+        self.v_proj = linear(cfg.d_model, inner, cfg.bias, r.get("attn.v_proj"))
+        self.o_proj = linear(inner, cfg.d_model, cfg.bias, r.get("attn.o_proj"))
         self.attn_dropout = cfg.attn_dropout
 
     def forward(
         self,
         x: torch.Tensor,  # (B, T, D)
-        mask: torch.Tensor | None = None,  # bool (B or 1, 1, T, S), True = may attend
+        mask: torch.Tensor | None = None,  # bool (B or 1, 1, T or 1, S), True = may attend
         causal: bool = False,
         cache: KVCache | None = None,
         layer: int = 0,
-    ) -> torch.Tensor:
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # keys, values (B or 1, H, P, Dh)
+        need_probs: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output (B, T, D), attention probabilities (B, H, T, S) when `need_probs`)."""
+        if self.n_heads == 0:  # every head pruned: the block adds only o_proj's bias
+            B, T, _ = x.shape
+            S = T + (cache.length if cache is not None else 0) + (prefix[0].shape[2] if prefix else 0)
+            if cache is not None:
+                cache.append(layer, x.new_zeros(B, 0, T, self.head_dim), x.new_zeros(B, 0, T, self.head_dim))
+            probs = x.new_zeros(B, 0, T, S) if need_probs else None
+            return self.o_proj(x.new_zeros(B, T, 0)), probs
         q = split_heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
         k = split_heads(self.k_proj(x), self.n_heads)
         v = split_heads(self.v_proj(x), self.n_heads)
         if cache is not None:
-            k, v = cache.append(layer, k, v)  # (B, H, S, Dh)
-        y = attend(q, k, v, mask, causal, self.attn_dropout if self.training else 0.0)  # (B, H, T, Dh)
-        return self.o_proj(merge_heads(y))  # (B, T, D)
+            k, v = cache.append(layer, k, v)  # (B, H, past + T, Dh)
+        if prefix is not None:
+            # P keys / values every query sees, in front of the sequence's own; a causal
+            # rule stays right: query i still sees the first S - T + i keys (see causal_mask)
+            pk, pv = prefix
+            B = x.shape[0]
+            k = torch.cat([pk.expand(B, -1, -1, -1).to(k.dtype), k], dim=2)  # (B, H, P + S, Dh)
+            v = torch.cat([pv.expand(B, -1, -1, -1).to(v.dtype), v], dim=2)
+            if mask is not None:
+                P = pk.shape[2]
+                mask = F.pad(mask, (P, 0), value=True)
+        dropout = self.attn_dropout if self.training else 0.0
+        y, probs = attend(q, k, v, mask, causal, dropout, need_probs)  # (B, H, T, Dh)
+        return self.o_proj(merge_heads(y)), probs  # (B, T, D)
 
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(B, T, D) -> (B, H, T, Dh)."""
+    """(B, T, H * Dh) -> (B, H, T, Dh)."""
     B, T, _ = x.shape
     return x.view(B, T, n_heads, -1).transpose(1, 2)
 
 
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, Dh) -> (B, T, D)."""
+    """(B, H, T, Dh) -> (B, T, H * Dh)."""
     B, H, T, Dh = y.shape
     return y.transpose(1, 2).reshape(B, T, H * Dh)
 
@@ -125,22 +185,34 @@ def attend(
     mask: torch.Tensor | None = None,  # bool (B or 1, 1, T or 1, S), True = may attend
     causal: bool = False,
     dropout_p: float = 0.0,
-) -> torch.Tensor:
+    need_probs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention (B, H, T, Dh) of T queries over S keys.
 
     The queries are the last T of the S key positions (the keys before them come from a
-    KV cache); `causal` lets query i see keys 0..S - T + i. A given `mask` must already
-    hold causality: it replaces the causal rule.
+    KV cache or a prefix); `causal` lets query i see keys 0..S - T + i. A given `mask`
+    must already hold causality: it replaces the causal rule. With `need_probs` the
+    probabilities softmax(q k^T / sqrt(Dh) + mask) (B, H, T, S) are formed explicitly and
+    returned; otherwise SDPA's fused kernel runs and never forms them.
     """
     T, S = q.shape[2], k.shape[2]
+    if need_probs:
+        if causal and mask is None:
+            mask = causal_mask(T, S, q.device)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(dim=-1)
+        dropped = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
+        return dropped @ v, probs
     is_causal = False
     if causal and mask is None:
         if S == T:
             is_causal = T > 1  # SDPA's causal mask is aligned top-left: right only when S == T
         elif T > 1:
             mask = causal_mask(T, S, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                          dropout_p=dropout_p)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+    return y, None
 
 
 def causal_mask(t: int, s: int, device=None) -> torch.Tensor:
@@ -153,11 +225,12 @@ def causal_mask(t: int, s: int, device=None) -> torch.Tensor:
 class FeedForward(nn.Module):
     """Position-wise feed-forward: D -> F -> D with a GELU in between."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, shape: LayerShape):
         super().__init__()
-        self.fc_in = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        r = shape.ranks
+        self.fc_in = linear(cfg.d_model, shape.d_ff, cfg.bias, r.get("mlp.fc_in"))
         self.act = activation_fn(cfg.activation)
-        self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.fc_out = linear(shape.d_ff, cfg.d_model, cfg.bias, r.get("mlp.fc_out"))
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +240,8 @@ class FeedForward(nn.Module):
 def init_weights(module: nn.Module, std: float) -> None:
     """BERT / GPT-2 initialisation: N(0, std) weights, zero biases, unit LayerNorms."""
     if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.weight.numel():  # a pruned-away linear has no weights to draw
+            nn.init.normal_(module.weight, mean=0.0, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):

@@ -13,16 +13,16 @@ from zerolm.peft.lora import (
     merge_lora,
 )
 from zerolm.peft.match import find_modules, name_matches, replace_module
-from zerolm.peft.prompt import PrefixAttention, PromptEmbedding, apply_prefix, apply_prompt
-from zerolm.peft.strategy import STRATEGIES, apply_strategy, trainable_summary
+from zerolm.peft.prompt import PrefixKV, SoftPrompt, apply_prefix, apply_prompt, reserved_positions
+from zerolm.peft.strategy import STRATEGIES, apply_strategy, replay_strategy, trainable_summary
 
 __all__ = [
     "STRATEGIES",
     "BottleneckAdapter",
     "LinearWithAdapter",
     "LoRALinear",
-    "PrefixAttention",
-    "PromptEmbedding",
+    "PrefixKV",
+    "SoftPrompt",
     "apply_adapters",
     "apply_lora",
     "apply_prefix",
@@ -34,5 +34,7 @@ __all__ = [
     "merge_lora",
     "name_matches",
     "replace_module",
+    "replay_strategy",
+    "reserved_positions",
     "trainable_summary",
 ]

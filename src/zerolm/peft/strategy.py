@@ -21,7 +21,7 @@ from torch import nn
 from zerolm.peft.adapter import BottleneckAdapter, apply_adapters
 from zerolm.peft.lora import LoRALinear, apply_lora
 from zerolm.peft.match import shared_names
-from zerolm.peft.prompt import PrefixAttention, PromptEmbedding, apply_prefix, apply_prompt
+from zerolm.peft.prompt import PrefixKV, SoftPrompt, apply_prefix, apply_prompt
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def apply_strategy(
     lora_targets: Sequence[str] = ("q_proj", "v_proj"),
     adapter_size: int = 64,
     prompt_length: int = 20,
+    quiet: bool = False,
 ) -> dict:
     """Make `model` train with `strategy` (in place) and return its trainable summary.
 
@@ -108,9 +109,8 @@ def apply_strategy(
     # ids of the parameters each module-typed rule selects
     lora_ids = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_a, m.lora_b)}
     adapter_ids = {id(p) for m in model.modules() if isinstance(m, BottleneckAdapter) for p in m.parameters()}
-    prompt_ids = {id(m.prompt) for m in model.modules() if isinstance(m, PromptEmbedding)}
-    prefix_ids = {id(p) for m in model.modules() if isinstance(m, PrefixAttention)
-                  for p in (m.prefix_k, m.prefix_v)}
+    prompt_ids = {id(m.weight) for m in model.modules() if isinstance(m, SoftPrompt)}
+    prefix_ids = {id(p) for m in model.modules() if isinstance(m, PrefixKV) for p in m.parameters()}
     norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
 
     rules: dict[str, Callable[[int, list[str]], bool]] = {
@@ -136,6 +136,19 @@ def apply_strategy(
         raise ValueError(f"strategy {strategy!r} leaves no parameter to train: no module named "
                          f"{list(head_names)} owns an untied parameter; pass head_names= the "
                          "model's head, or untie it from the embedding")
-    log.info("fine-tuning strategy %s: %d of %d parameters train (%.2f%%)", strategy,
-             summary["trainable"], summary["total"], summary["percent"])
+    log.log(logging.DEBUG if quiet else logging.INFO, "fine-tuning strategy %s: %d of %d parameters train "
+            "(%.2f%%)", strategy, summary["trainable"], summary["total"], summary["percent"])
     return summary
+
+
+def replay_strategy(model: nn.Module, saved: dict) -> dict:
+    """Put back the modules of the strategy a fine-tuned model was trained with, from the
+    `strategy` entry of its task.json (before its weights are loaded)."""
+    saved = dict(saved or {})
+    name = saved.pop("name", "full")
+    known = {"freeze_layers", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "adapter_size",
+             "prompt_length"}
+    kwargs = {k: v for k, v in saved.items() if k in known}
+    if "lora_targets" in kwargs:
+        kwargs["lora_targets"] = tuple(kwargs["lora_targets"])
+    return apply_strategy(model, name, quiet=True, **kwargs)

@@ -1,6 +1,28 @@
-"""Objectives for the one training loop: batch -> loss, and evaluation."""
+"""Objectives for the one training loop (batch -> loss, and evaluation), and the
+registry of fine-tuning tasks: a new task is one new file plus one line here."""
 
+from __future__ import annotations
+
+from zerolm.errors import ConfigError
+from zerolm.tasks.base import FinetuneSetup, FinetuneTask, Objective
+from zerolm.tasks.classify import ClassificationTask
 from zerolm.tasks.clm import CausalLMTask
+from zerolm.tasks.clm_finetune import CompletionTask
 from zerolm.tasks.mlm import MaskedLMTask
+from zerolm.tasks.tag import TaggingTask
 
-__all__ = ["CausalLMTask", "MaskedLMTask"]
+__all__ = ["FINETUNE_TASKS", "CausalLMTask", "ClassificationTask", "CompletionTask", "FinetuneSetup",
+           "FinetuneTask", "MaskedLMTask", "Objective", "TaggingTask", "finetune_task"]
+
+FINETUNE_TASKS: dict[str, type[FinetuneTask]] = {
+    ClassificationTask.name: ClassificationTask,
+    TaggingTask.name: TaggingTask,
+    CompletionTask.name: CompletionTask,
+}
+
+
+def finetune_task(name: str) -> type[FinetuneTask]:
+    """The fine-tuning task class registered under `name`."""
+    if name not in FINETUNE_TASKS:
+        raise ConfigError(f"unknown fine-tuning task {name!r}; choose from {sorted(FINETUNE_TASKS)}")
+    return FINETUNE_TASKS[name]

@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from zerolm.data.masking import IGNORE_INDEX
-from zerolm.tasks.base import to_device
-from zerolm.tasks.losses import linear_cross_entropy
+from zerolm.tasks.base import device_of, to_device
 
 
 class CausalLMTask:
     name = "clm"
+    loss_unit = "nats / token"
 
     def loss(self, model, batch):
-        # through the (possibly DDP-wrapped) model, then the chunked head + loss
-        hidden = model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                       return_hidden=True)  # (B, T, D)
-        head = getattr(model, "module", model).lm_head.weight  # (V, D)
-        loss = linear_cross_entropy(hidden.flatten(0, 1), head, batch["labels"].flatten(), IGNORE_INDEX)
+        # the head and the loss run inside the (possibly DDP-wrapped) model's forward
+        loss = model(batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
         return loss, {}
 
     @torch.no_grad()
-    def evaluate(self, model, batches):
-        device = next(model.parameters()).device
+    def evaluate(self, model, batches) -> dict[str, Any]:
+        device = device_of(model)
         total, count = 0.0, 0
         for batch in batches:
             batch = to_device(batch, device)

@@ -1,105 +1,123 @@
 """Causal-LM fine-tuning on prompt / completion pairs: the causal-LM objective with the
 loss on completion tokens only; dev perplexity of the completions; `predict` generates a
-completion for each prompt."""
+greedy completion for each prompt, the prompts of a batch together.
+
+Inputs: prompts (texts). Predictions: {"completion"}.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
+from zerolm.data.prompts import PromptBatches, PromptCompletionBatches, read_prompt_completions
+from zerolm.errors import DataError
 from zerolm.tasks.base import FinetuneSetup
 from zerolm.tasks.clm import CausalLMTask
 
-__all__ = ["CompletionTask", "format_report", "from_meta", "prediction_data", "setup"]
-
 
 class CompletionTask(CausalLMTask):
-    name = "clm"
-    metric = "perplexity"
+    name: ClassVar[str] = "clm"
+    metric: ClassVar[str] = "perplexity"
+    loss_unit: ClassVar[str] = "nats / token"
 
-    def __init__(self, max_new_tokens: int = 64):
+    def __init__(self, tokenizer=None, *, max_new_tokens: int = 64, prompt_column: str = "prompt",
+                 completion_column: str = "completion", max_length: int = 512):
+        self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
-        self.last_report: dict | None = None
-        self.tokenizer = None  # set by setup / predict callers: generation decodes text
-
-    def evaluate(self, model, batches):
-        metrics = super().evaluate(model, batches)
-        self.last_report = dict(metrics)
-        return metrics
+        self.prompt_column, self.completion_column = prompt_column, completion_column
+        self.max_length = max_length
 
     @torch.no_grad()
-    def predict(self, model, batch) -> list[dict]:
-        """A greedy completion for each prompt row (right-padded rows are generated one by one)."""
-        from zerolm.generate import GenerationConfig, generate_ids, input_room
+    def predict(self, model, batch) -> list[dict[str, Any]]:
+        """A greedy completion for each prompt row, all rows generated together."""
+        from zerolm.generate import GenerationConfig, decode_new, generate_ids
 
         tok = self.tokenizer
-        out = []
-        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
-            prompt = ids[mask.bool()][None]  # (1, T)
-            room = input_room(model) - prompt.shape[1]
-            cfg = GenerationConfig(max_new_tokens=max(min(self.max_new_tokens, room), 0), greedy=True)
-            new = generate_ids(model, prompt, cfg, eos_id=tok.eos_id)[0].tolist()
-            if tok.eos_id is not None and tok.eos_id in new:
-                new = new[: new.index(tok.eos_id)]
-            out.append({"completion": tok.decode(new)})
-        return out
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        # the batch is right-padded; generation wants the padding on the left
+        lengths = mask.sum(1)
+        shift = (mask.shape[1] - lengths)[:, None]
+        cols = (torch.arange(mask.shape[1])[None] - shift) % mask.shape[1]
+        left_ids, left_mask = ids.gather(1, cols), mask.gather(1, cols)
+        cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, greedy=True)
+        pad = tok.pad_id if tok.pad_id is not None else 0
+        new = generate_ids(model, left_ids, cfg, attention_mask=left_mask, eos_id=tok.eos_id, pad_id=pad)
+        return [{"completion": decode_new(tok, row.tolist(), cfg)} for row in new]
+
+    @classmethod
+    def setup(cls, cfg, body, tokenizer, *, max_length: int, micro_per_step: int = 1) -> FinetuneSetup:
+        d, tr = cfg.data, cfg.train
+        model = _lm(body)
+        cols = {"prompt_column": d.prompt_column, "completion_column": d.completion_column}
+        kw = {"max_length": max_length, "batch_size": tr.batch_size, "seed": tr.seed}
+        train_data = PromptCompletionBatches(read_prompt_completions(d.train, **cols), tokenizer,
+                                             micro_per_step=micro_per_step, **kw)
+        dev_data = PromptCompletionBatches(read_prompt_completions(d.dev, **cols), tokenizer, **kw)
+        task = cls(tokenizer, max_length=max_length, **cols)
+        meta = {"task": cls.name, "max_length": max_length, **cols}
+        return FinetuneSetup(model, task, train_data, dev_data, meta, truncated=train_data.truncated)
+
+    @classmethod
+    def from_meta(cls, meta: dict, body, tokenizer):
+        return _lm(body), cls(tokenizer, prompt_column=meta.get("prompt_column", "prompt"),
+                              completion_column=meta.get("completion_column", "completion"),
+                              max_length=meta.get("max_length", body.config.max_seq_len))
+
+    def read_inputs(self, path):
+        """Prompts from a table's prompt column (JSONL / TSV / CSV; every column kept) or one
+        per line of text (write \\n for a line break)."""
+        from zerolm.data.text import is_table, iter_lines, iter_rows, resolve_data_path
+
+        p = resolve_data_path(path)
+        col = self.prompt_column
+        prompts, rows = [], []
+        if is_table(p):
+            for lineno, row in iter_rows(p):
+                if col not in row:
+                    raise DataError(f"{p}:{lineno}: no field {col!r} (fields: {', '.join(row)})")
+                prompts.append(row[col])
+                rows.append(dict(row))
+        else:
+            for _, line in iter_lines(p):
+                if line.strip():
+                    prompts.append(line.replace("\\n", "\n"))
+                    rows.append({col: prompts[-1]})
+        if not prompts:
+            raise DataError(f"{p}: no prompts")
+        return prompts, rows
+
+    def batches(self, inputs, *, batch_size: int):
+        bad = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
+        if bad:
+            raise DataError(f"input {bad[0]}: a completion input is a prompt text, got "
+                            f"{type(inputs[bad[0]]).__name__}")
+        return PromptBatches(list(inputs), self.tokenizer, max_length=self.max_length, batch_size=batch_size)
+
+    def labelled_batches(self, path, *, batch_size: int):
+        ex = read_prompt_completions(path, prompt_column=self.prompt_column,
+                                     completion_column=self.completion_column)
+        return PromptCompletionBatches(ex, self.tokenizer, max_length=self.max_length, batch_size=batch_size,
+                                       seed=0)
+
+    def output_columns(self, prediction: dict) -> dict:
+        return {"pred_completion": prediction["completion"]}
+
+    @staticmethod
+    def format_report(report: dict) -> str:
+        return (f"completion loss {report['loss']:.4f}   perplexity {report['perplexity']:.3f}   "
+                f"({report['tokens']:,} completion tokens)")
 
     def write_plots(self, report: dict, out_dir: Path, title: str) -> list[Path]:
         return []  # the loss curve (loss.png) is the picture of a language-modelling run
 
 
-def format_report(report: dict) -> str:
-    return (f"completion loss {report['loss']:.4f}   perplexity {report['perplexity']:.3f}   "
-            f"({report['tokens']:,} completion tokens)")
+def _lm(model):
+    from zerolm.models import CausalLM
 
-
-def _lm(body):
-    from zerolm.models.gpt import GPT
-
-    if not isinstance(body, GPT):
-        raise TypeError(f"task.name 'clm' needs a GPT (decoder) model, got {type(body).__name__}; "
-                        "start from a zerolm GPT or a Hugging Face GPT-2 directory")
-    return body
-
-
-def setup(cfg, body, tokenizer, *, max_length: int, micro_per_step: int = 1) -> FinetuneSetup:
-    from zerolm.data.prompts import PromptCompletionBatches, read_prompt_completions
-
-    d, tr = cfg.data, cfg.train
-    model = _lm(body)
-    cols = {"prompt_column": d.prompt_column, "completion_column": d.completion_column}
-    kw = {"max_length": max_length, "batch_size": tr.batch_size, "seed": tr.seed}
-    train_data = PromptCompletionBatches(read_prompt_completions(d.train, **cols), tokenizer,
-                                         micro_per_step=micro_per_step, **kw)
-    dev_data = PromptCompletionBatches(read_prompt_completions(d.dev, **cols), tokenizer, **kw)
-    task = CompletionTask()
-    task.tokenizer = tokenizer
-    return FinetuneSetup(model, task, train_data, dev_data, {"task": "clm", "prompt_column": d.prompt_column},
-                         truncated=train_data.truncated)
-
-
-def from_meta(meta: dict, body):
-    return _lm(body), CompletionTask()
-
-
-def prediction_data(path, tokenizer, meta: dict, *, max_length: int, batch_size: int):
-    """Prompts from a table's prompt column (JSONL / TSV / CSV) or one per line of text."""
-    from zerolm.data.prompts import PromptBatches
-    from zerolm.data.text import is_table, iter_lines, iter_rows, resolve_data_path
-    from zerolm.errors import DataError
-
-    p = resolve_data_path(path)
-    col = meta.get("prompt_column", "prompt")
-    if is_table(p):
-        prompts = []
-        for lineno, row in iter_rows(p):
-            if col not in row:
-                raise DataError(f"{p}:{lineno}: no field {col!r} (fields: {', '.join(row)})")
-            prompts.append(row[col])
-    else:
-        prompts = [line.replace("\\n", "\n") for _, line in iter_lines(p) if line.strip()]
-    if not prompts:
-        raise DataError(f"{p}: no prompts")
-    return PromptBatches(prompts, tokenizer, max_length=max_length, batch_size=batch_size), \
-        [{col: x} for x in prompts]
+    if not isinstance(model, CausalLM):
+        raise DataError(f"task.name 'clm' needs a causal LM (a GPT with its LM head), got "
+                        f"{type(model).__name__}; start from a zerolm GPT or a Hugging Face GPT-2 directory")
+    return model

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from zerolm.data.masking import IGNORE_INDEX
-from zerolm.tasks.base import to_device
+from zerolm.tasks.base import device_of, to_device
 
 
 class MaskedLMTask:
     name = "mlm"
+    loss_unit = "nats / masked token"
 
     def _forward(self, model, batch):
         labels = batch["labels"]
@@ -33,7 +34,7 @@ class MaskedLMTask:
 
     @torch.no_grad()
     def evaluate(self, model, batches):
-        device = next(model.parameters()).device
+        device = device_of(model)
         mlm_sum, n, correct = 0.0, 0, 0
         s_sum, s_correct, s_n = 0.0, 0, 0
         for batch in batches:

@@ -11,22 +11,29 @@ recipe mean the same with and without the CRF. Evaluation scores entities as con
 and seqeval do (`zerolm.eval.entities`), over every word of the dev file: words that
 truncation cut off are predicted `O`, so a too-small `data.max_length` shows in recall.
 
+Inputs: a text (split on whitespace; entities then carry character offsets into it) or a
+list of words. Predictions: {"tokens", "tags", "entities": [{"type", "text", "start",
+"end", "words"}]}.
+
 Shape letters: B batch, T tokens, W words, C tags.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from zerolm.data.conll import Sentence, TaggingBatches, is_conll, read_conll, tag_names
 from zerolm.data.masking import IGNORE_INDEX
-from zerolm.eval.entities import entity_report, format_entity_report
-from zerolm.tasks.base import FinetuneSetup, to_device
+from zerolm.errors import DataError
+from zerolm.eval.entities import entities, entity_report, format_entity_report
+from zerolm.tasks.base import FinetuneSetup, device_of, to_device
 
-__all__ = ["TaggingTask", "format_report", "from_meta", "pack_words", "prediction_data", "setup",
-           "write_predictions"]
+__all__ = ["TaggingTask", "first_subtokens", "pack_words", "spans"]
 
 
 def first_subtokens(word_ids: torch.Tensor) -> torch.Tensor:
@@ -61,15 +68,20 @@ def _crf(model):
 
 
 class TaggingTask:
-    name = "tag"
-    metric = "f1"  # entity-level micro F1 on dev, the CoNLL headline number
+    name: ClassVar[str] = "tag"
+    metric: ClassVar[str] = "f1"  # entity-level micro F1, the CoNLL headline number
+    loss_unit: ClassVar[str] = "nats / word"
 
-    def __init__(self, label_names: list[str], crf: bool = False):
+    def __init__(self, label_names: list[str], tokenizer=None, *, crf: bool = False, token_column: int = 0,
+                 tag_column: int = -1, scheme: str = "iob2", max_length: int = 512):
         self.label_names = list(label_names)
         self.crf = crf  # for the report; the loss and decoding follow the model's `crf` module
         self.outside = self.label_names.index("O") if "O" in self.label_names else 0
-        self.last_report: dict | None = None
+        self.tokenizer = tokenizer
+        self.token_column, self.tag_column, self.scheme = token_column, tag_column, scheme
+        self.max_length = max_length
 
+    # ---------------------------------------------------------------- objective
     def _scores(self, model, batch) -> torch.Tensor:
         return model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
                      token_type_ids=batch.get("token_type_ids")).float()  # (B, T, C)
@@ -121,8 +133,8 @@ class TaggingTask:
         return out
 
     @torch.no_grad()
-    def evaluate(self, model, batches):
-        device = next(model.parameters()).device
+    def evaluate(self, model, batches) -> dict[str, Any]:
+        device = device_of(model)
         names = self.label_names
         y_true, y_pred = [], []
         loss_sum, n_loss, correct, total = 0.0, 0, 0, 0
@@ -142,16 +154,115 @@ class TaggingTask:
         rep.update(precision=rep["micro"]["precision"], recall=rep["micro"]["recall"], f1=rep["micro"]["f1"],
                    accuracy=correct / max(total, 1), loss=loss_sum / max(n_loss, 1), labels=names,
                    crf=self.crf, sentences=len(y_true), words=total)
-        self.last_report = rep
-        return {k: rep[k] for k in ("loss", "f1", "precision", "recall", "accuracy")}
+        return rep
 
     @torch.no_grad()
-    def predict(self, model, batch) -> list[dict]:
-        """One {"tags": [...]} per sentence of `batch`, a tag for every word; the words
-        themselves are the input records (`prediction_data`) the predictions go beside."""
-        batch = to_device(batch, next(model.parameters()).device)
+    def predict(self, model, batch) -> list[dict[str, Any]]:
+        """One {"tags": [...]} per sentence of `batch`, a tag for every word."""
+        batch = to_device(batch, device_of(model))
         scores = self._scores(model, batch)
         return [{"tags": [self.label_names[t] for t in tags]} for tags in self._word_tags(model, scores, batch)]
+
+    # ------------------------------------------------------------------- build
+    @classmethod
+    def _model(cls, body, labels: list[str], crf: bool, dropout: float | None = None):
+        from zerolm.models.crf import CRF, bio_constraints
+        from zerolm.models.heads import TokenClassifier
+
+        head = CRF(len(labels), constraints=bio_constraints(labels)) if crf else None
+        return TokenClassifier(body, len(labels), dropout=dropout, crf=head)
+
+    @classmethod
+    def setup(cls, cfg, body, tokenizer, *, max_length: int, micro_per_step: int = 1) -> FinetuneSetup:
+        """Read the CoNLL files, fix the tag set from train, add a tagging head (and CRF)."""
+        d, tr = cfg.data, cfg.train
+        cols = {"token_column": d.token_column, "tag_column": d.tag_column, "scheme": d.scheme}
+        train_s, dev_s = read_conll(d.train, **cols), read_conll(d.dev, **cols)
+        labels = tag_names(train_s)
+        kw = {"max_length": max_length, "batch_size": tr.batch_size, "seed": tr.seed}
+        train_data = TaggingBatches(train_s, labels, tokenizer, micro_per_step=micro_per_step, **kw)
+        dev_data = TaggingBatches(dev_s, labels, tokenizer, **kw)
+        torch.manual_seed(tr.seed)
+        model = cls._model(body, labels, cfg.task.crf, cfg.task.head_dropout)
+        meta = {"task": cls.name, "labels": labels, "crf": cfg.task.crf, "max_length": max_length, **cols}
+        task = cls(labels, tokenizer, crf=cfg.task.crf, max_length=max_length, **cols)
+        return FinetuneSetup(model, task, train_data, dev_data, meta, truncated=train_data.truncated)
+
+    @classmethod
+    def from_meta(cls, meta: dict, body, tokenizer):
+        crf = bool(meta.get("crf"))
+        task = cls(meta["labels"], tokenizer, crf=crf, token_column=meta.get("token_column", 0),
+                   tag_column=meta.get("tag_column", -1), scheme=meta.get("scheme", "iob2"),
+                   max_length=meta.get("max_length", body.config.max_seq_len))
+        return cls._model(body, meta["labels"], crf), task
+
+    # --------------------------------------------------------------------- I/O
+    def read_inputs(self, path):
+        """A CoNLL file's sentences (gold tags kept as `tags` when the file has them), or one
+        sentence per line of plain text (split on whitespace)."""
+        from zerolm.data.text import iter_lines, resolve_data_path
+
+        p = resolve_data_path(path)
+        if is_conll(p):
+            tagged = _has_tag_column(p, self.token_column)
+            sentences = read_conll(p, token_column=self.token_column,
+                                   tag_column=self.tag_column if tagged else None, scheme=self.scheme)
+            rows = [{"tokens": s.words, **({"tags": s.tags} if s.tags is not None else {})} for s in sentences]
+        else:
+            sentences, rows = [], []
+            for n, line in iter_lines(p):
+                if line.strip():
+                    sentences.append(Sentence(line.split(), None, str(p), [n] * len(line.split())))
+                    rows.append({"text": line, "tokens": line.split()})
+        if not sentences:
+            raise DataError(f"{p}: no sentences")
+        return [Sentence(s.words, None, s.source, s.lines) for s in sentences], rows
+
+    def batches(self, inputs, *, batch_size: int):
+        sentences = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, Sentence):
+                sentences.append(x)
+            elif isinstance(x, str):
+                sentences.append(Sentence(x.split(), None, f"input {i}", [0] * len(x.split())))
+            elif isinstance(x, (list, tuple)) and all(isinstance(w, str) for w in x):
+                sentences.append(Sentence(list(x), None, f"input {i}", [0] * len(x)))
+            else:
+                raise DataError(f"input {i}: a tagging input is a text or a list of words, got "
+                                f"{type(x).__name__}")
+        return TaggingBatches(sentences, self.label_names, self.tokenizer, max_length=self.max_length,
+                              batch_size=batch_size, seed=0)
+
+    def labelled_batches(self, path, *, batch_size: int):
+        sentences = read_conll(path, token_column=self.token_column, tag_column=self.tag_column,
+                               scheme=self.scheme)
+        return TaggingBatches(sentences, self.label_names, self.tokenizer, max_length=self.max_length,
+                              batch_size=batch_size, seed=0)
+
+    def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
+        """An in-memory prediction with its words and entities (character offsets into the
+        text when the input was a text, into the words joined by spaces otherwise)."""
+        if isinstance(x, str):
+            found = [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", x)]
+            text = x
+        else:
+            words = list(x.words if isinstance(x, Sentence) else x)
+            found, pos = [], 0
+            for w in words:
+                found.append((w, pos, pos + len(w)))
+                pos += len(w) + 1
+            text = " ".join(words)
+        return {"tokens": [w for w, _, _ in found], "tags": prediction["tags"],
+                "entities": spans(prediction["tags"], found, text)}
+
+    def output_columns(self, prediction: dict) -> dict:
+        return {"pred_tags": prediction["tags"]}
+
+    @staticmethod
+    def format_report(report: dict) -> str:
+        return (format_entity_report(report) + f"\n\ntoken accuracy {report['accuracy']:.4f}   "
+                f"loss {report['loss']:.4f}   ({report['sentences']:,} sentences, {report['words']:,} words"
+                f"{', CRF' if report.get('crf') else ''})")
 
     def write_plots(self, report: dict, out_dir: Path, title: str) -> list[Path]:
         from zerolm.eval.plots import plot_entity_scores
@@ -160,68 +271,36 @@ class TaggingTask:
         return [plot_entity_scores(report["per_type"], out_dir / "entities.png",
                                    title=f"{title}: {head}entity F1 {report['f1']:.4f}")]
 
-
-def format_report(report: dict) -> str:
-    return (format_entity_report(report) + f"\n\ntoken accuracy {report['accuracy']:.4f}   "
-            f"loss {report['loss']:.4f}   ({report['sentences']:,} sentences, {report['words']:,} words"
-            f"{', CRF' if report.get('crf') else ''})")
-
-
-def _model(body, labels: list[str], crf: bool, dropout: float | None = None):
-    from zerolm.models.crf import CRF, bio_constraints
-    from zerolm.models.heads import TokenClassifier
-
-    head = CRF(len(labels), constraints=bio_constraints(labels)) if crf else None
-    return TokenClassifier(body, len(labels), dropout=dropout, crf=head)
-
-
-def setup(cfg, body, tokenizer, *, max_length: int, micro_per_step: int = 1) -> FinetuneSetup:
-    """Read the CoNLL files, fix the tag set from train, add a tagging head (and CRF)."""
-    from zerolm.data.conll import TaggingBatches, read_conll, tag_names
-
-    d, tr = cfg.data, cfg.train
-    cols = {"token_column": d.token_column, "tag_column": d.tag_column, "scheme": d.scheme}
-    train_s, dev_s = read_conll(d.train, **cols), read_conll(d.dev, **cols)
-    labels = tag_names(train_s)
-    kw = {"max_length": max_length, "batch_size": tr.batch_size, "seed": tr.seed}
-    train_data = TaggingBatches(train_s, labels, tokenizer, micro_per_step=micro_per_step, **kw)
-    dev_data = TaggingBatches(dev_s, labels, tokenizer, **kw)
-    torch.manual_seed(tr.seed)
-    model = _model(body, labels, cfg.task.crf, cfg.task.head_dropout)
-    meta = {"task": "tag", "labels": labels, "crf": cfg.task.crf, "token_column": d.token_column}
-    return FinetuneSetup(model, TaggingTask(labels, crf=cfg.task.crf), train_data, dev_data, meta,
-                         truncated=train_data.truncated)
+    @staticmethod
+    def write_predictions(records: list[dict], path: Path) -> str | None:
+        """CoNLL columns (word, gold tag when known, predicted tag; a blank line after each
+        sentence) for a .conll or .txt output; None leaves other formats to the generic writer."""
+        if Path(path).suffix not in (".conll", ".txt"):
+            return None
+        out = []
+        for r in records:
+            gold = r.get("tags") or [None] * len(r["tokens"])
+            out.append("".join("\t".join(x for x in (w, g, t) if x is not None) + "\n"
+                               for w, g, t in zip(r["tokens"], gold, r["pred_tags"])) + "\n")
+        return "".join(out)
 
 
-def from_meta(meta: dict, body):
-    """The tagger (and its CRF) and its task, rebuilt from task.json (weights are loaded after)."""
-    crf = bool(meta.get("crf"))
-    return _model(body, meta["labels"], crf), TaggingTask(meta["labels"], crf=crf)
+def spans(tags: list[str], words: list[tuple[str, int, int]], text: str) -> list[dict[str, Any]]:
+    """Entities of IOB2 `tags` over `words` (word, start, end): type, text, character
+    offsets [start, end) and word indices [first, last]."""
+    out = []
+    for etype, first, last in entities(tags):
+        start, end = words[first][1], words[last][2]
+        out.append({"type": etype, "text": text[start:end], "start": start, "end": end,
+                    "words": [first, last]})
+    return out
 
 
-def prediction_data(path, tokenizer, meta: dict, *, max_length: int, batch_size: int):
-    """Batches of a file's sentences (a CoNLL file's word column, or one whitespace-split
-    sentence per line) and the records {"tokens": words} the tags go beside."""
-    from zerolm.data.conll import Sentence, TaggingBatches, is_conll, read_conll
-    from zerolm.data.text import iter_lines, resolve_data_path
-    from zerolm.errors import DataError
+def _has_tag_column(path, token_column: int) -> bool:
+    from zerolm.data.text import iter_lines
 
-    p = resolve_data_path(path)
-    if is_conll(p):
-        sentences = read_conll(p, token_column=meta.get("token_column", 0), tag_column=None)
-    else:
-        sentences = [Sentence(line.split(), None, str(p), [n] * len(line.split()))
-                     for n, line in iter_lines(p) if line.strip()]
-    if not sentences:
-        raise DataError(f"{p}: no sentences")
-    data = TaggingBatches(sentences, meta["labels"], tokenizer, max_length=max_length,
-                          batch_size=batch_size, seed=0)
-    return data, [{"tokens": s.words} for s in sentences]
-
-
-def write_predictions(records: list[dict], path: Path) -> str | None:
-    """CoNLL columns (word<TAB>tag, a blank line after each sentence) for a .conll or .txt
-    output; None leaves other formats to the generic writer."""
-    if Path(path).suffix not in (".conll", ".txt"):
-        return None
-    return "".join("".join(f"{w}\t{t}\n" for w, t in zip(r["tokens"], r["tags"])) + "\n" for r in records)
+    for _, line in iter_lines(path):
+        if line.strip() and not line.startswith("-DOCSTART-"):
+            cols = line.split("\t") if "\t" in line else line.split()
+            return len(cols) > max(token_column, 0) + 1
+    return False

@@ -17,6 +17,7 @@ The three kinds zerolm trains:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -182,7 +183,7 @@ class Tokenizer:
         max_len = int(max_len) if isinstance(max_len, (int, float)) and 0 < max_len < 1e9 else None
         if tj is not None and tj.is_file():
             try:
-                raw = json.loads(tj.read_text(encoding="utf-8"))
+                raw = json.loads(tj.read_text(encoding="utf-8-sig"))
                 if not isinstance(raw, dict):
                     raise DataError(f"{tj}: expected a JSON object, found {type(raw).__name__}")
                 backend = Backend.from_str(json.dumps(raw))
@@ -299,7 +300,29 @@ class Tokenizer:
         return self.backend.token_to_id(token)
 
     def id_to_token(self, i: int) -> str | None:
+        """The vocabulary entry of id `i` (byte-level BPE: in GPT-2's byte symbols, "Ġthe")."""
         return self.backend.id_to_token(i)
+
+    def piece_text(self, i: int) -> str:
+        """What id `i` stands for, readable: byte-level BPE pieces decoded from their byte
+        symbols ("Ġgripping" -> " gripping", "Ã©" -> "é"), with bytes that are not a whole
+        UTF-8 character written `<0xE4 0xB8>`; WordPiece without its "##"; a special
+        token as its name."""
+        tok = self.backend.id_to_token(i)
+        if tok is None:
+            return f"<id {i}: not in the vocabulary>"
+        if i in self.special_ids:
+            return tok
+        if self.kind == "bpe":
+            table = _byte_values()
+            if all(c in table for c in tok):
+                return readable_bytes(bytes(table[c] for c in tok))
+            return tok
+        if self.kind == "wordpiece":
+            return tok[2:] if tok.startswith("##") else tok
+        if self.kind == "char":
+            return tok
+        return self.backend.decode([i], skip_special_tokens=False)
 
     def __repr__(self) -> str:
         model = type(self.backend.model).__name__
@@ -431,6 +454,41 @@ class Tokenizer:
 
 
 # ------------------------------------------------------------------ helpers
+@functools.cache
+def _byte_values() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: symbol -> byte. Printable bytes stand for
+    themselves; the others (space, control bytes, 0x7F-0xA0, 0xAD) are shifted to 256+."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    table = {chr(b): b for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            table[chr(256 + n)] = b
+            n += 1
+    return table
+
+
+def readable_bytes(data: bytes) -> str:
+    """`data` as UTF-8 text, with each run of bytes that is not a whole character written
+    as `<0xE4 0xB8>` (a BPE piece may hold part of a character)."""
+    out: list[str] = []
+    bad = bytearray()  # adjacent undecodable bytes, shown as one group
+    while data:
+        try:
+            good, invalid, data = data.decode("utf-8"), b"", b""
+        except UnicodeDecodeError as e:
+            good, invalid, data = data[:e.start].decode("utf-8"), data[e.start:e.end], data[e.end:]
+        if good and bad:
+            out.append("<" + " ".join(f"0x{b:02X}" for b in bad) + ">")
+            bad.clear()
+        out.append(good)
+        bad += invalid
+    if bad:
+        out.append("<" + " ".join(f"0x{b:02X}" for b in bad) + ">")
+    return "".join(out)
+
+
 def _bert_backend(model: models.Model, lowercase: bool) -> Backend:
     """A WordPiece backend that normalizes and splits text exactly as BERT does."""
     backend = Backend(model)
@@ -499,7 +557,7 @@ def _read_configs(directory: Path) -> dict[str, Any]:
         if not f.is_file():
             continue
         try:
-            d = json.loads(f.read_text(encoding="utf-8"))
+            d = json.loads(f.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:
             raise DataError(f"{f}:{e.lineno}: invalid JSON ({e.msg}); fix or delete the file") from None
         if not isinstance(d, dict):

