@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zerolm.modeldir import load_zerolm_model, save_model
 from zerolm.models import Body, LayerShape, ModelConfig, body_of, build_model
 from zerolm.models.layers import split_heads
-from zerolm.modeldir import load_zerolm_model, save_model
 
 TINY = dict(vocab_size=99, d_model=32, n_layers=2, n_heads=4, d_ff=37, max_seq_len=48,
             dropout=0.0, attn_dropout=0.0)
@@ -244,3 +244,19 @@ def test_heads_read_only_the_body_interface():
     ids, mask = batch()
     assert SequenceClassifier(body, 3)(ids, attention_mask=mask).shape == (3, 3)
     assert TokenClassifier(body, 5)(ids, attention_mask=mask).shape == (3, 11, 5)
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_prompt_and_prefix_tuning_work_on_a_model_with_a_pruned_away_attention(kind):
+    from zerolm.peft import apply_strategy
+
+    cfg = ModelConfig(family="gpt", **{**TINY, "layers": [LayerShape(n_heads=0), LayerShape(n_heads=2)]})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    apply_strategy(model, kind, prompt_length=3)
+    ids, mask = batch()
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache(3, 11 + (3 if kind == "prompt" else 0))
+        parts = [model(ids[:, :4], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(4, 11)]
+    assert (torch.cat(parts, 1) - full).abs().max() <= 1e-5

@@ -89,7 +89,7 @@ def test_soft_prompt_equals_the_base_model_on_inserted_tokens(family):
             positions = hidden(body, ids, mask, token_type_ids=types, position_ids=torch.arange(9)[None])
             embeds = hidden(body, None, mask, token_type_ids=types, inputs_embeds=body.embed(ids))
         else:
-            want = strip(hidden(base.body, put(ids, words), put(mask, ones)))
+            want = strip(hidden(body_of(base), put(ids, words), put(mask, ones)))
             got = hidden(body, ids, mask)
             positions = hidden(body, ids, mask, position_ids=torch.arange(9)[None])
             embeds = hidden(body, None, mask, inputs_embeds=body.embed(ids))

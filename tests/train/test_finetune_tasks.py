@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import zerolm
 from zerolm.cli.main import main
 from zerolm.config import FinetuneConfig, load_config
 from zerolm.data.masking import IGNORE_INDEX
@@ -15,7 +16,6 @@ from zerolm.errors import ZeroLMError
 from zerolm.eval.compare import split_overrides
 from zerolm.tasks.base import to_device
 from zerolm.tokenizers import Tokenizer
-import zerolm
 from zerolm.train.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[2]

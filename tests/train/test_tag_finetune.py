@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import zerolm
 import zerolm.tasks.tag as tag
 from zerolm.config import FinetuneConfig, load_config
 from zerolm.data.conll import read_conll
 from zerolm.eval.entities import entities
-import zerolm
 from zerolm.train.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,17 +1,22 @@
 """The one loop: resume is exact, DDP equals accumulation, errors are clear."""
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from zerolm.config import load_config
+from zerolm.config import EarlyStoppingConfig, load_config
 from zerolm.errors import ConfigError, TrainingError
+from zerolm.tasks import CausalLMTask
 from zerolm.train.pretrain import pretrain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,3 +147,72 @@ def test_mlm_with_sentence_order_prediction_and_whole_word_masking(tmp_path):
         "train.max_steps=4", "train.eval_every=4"])
     res = pretrain(cfg)
     assert 0 <= res.final_eval["sentence_accuracy"] <= 1 and res.final_eval["masked_tokens"] > 0
+
+
+def _tiny_trainer(out: Path, task, **train):
+    """A Trainer on a 1-layer GPT over a repeating token stream (no tokenizer, no corpus)."""
+    from zerolm.config import OptimConfig, ScheduleConfig, TrainConfig
+    from zerolm.data.lm import CausalLMBatches
+    from zerolm.models import ModelConfig, build_model
+    from zerolm.train.loop import Trainer
+
+    cfg = ModelConfig(family="gpt", vocab_size=13, d_model=16, n_layers=1, n_heads=2, d_ff=24,
+                      max_seq_len=8)
+    data = CausalLMBatches(np.arange(400) % 13, 8, 4, seed=0)
+    tc = TrainConfig(**{"save_every": 0, "log_every": 1, "progress": False, "threads": 1, **train})
+    return Trainer(build_model(cfg), task, data, val_data=data, train=tc, optim=OptimConfig(),
+                   schedule=ScheduleConfig(warmup_steps=0), out_dir=out)
+
+
+class _FullReport(CausalLMTask):
+    """Evaluation that returns a whole report: nested tables and lists beside the numbers."""
+
+    def evaluate(self, model, batches):
+        return {**super().evaluate(model, batches), "per_class": {"a": {"f1": 0.5}},
+                "confusion": [[1, 2], [3, 4]], "passed": True, "split": "dev"}
+
+
+def test_evaluation_report_is_returned_whole_and_only_its_numbers_are_logged(tmp_path):
+    trainer = _tiny_trainer(tmp_path / "run", _FullReport(), max_steps=2, eval_every=1)
+    res = trainer.fit()
+    assert res.final_eval["per_class"] == {"a": {"f1": 0.5}} and res.final_eval["split"] == "dev"
+    assert trainer.evaluate()["confusion"] == [[1, 2], [3, 4]]
+    rows = [json.loads(x) for x in (res.out_dir / "metrics.jsonl").read_text().splitlines()]
+    val_keys = {k for r in rows for k in r if k.startswith("val_")}
+    assert val_keys == {"val_loss", "val_perplexity", "val_tokens"}
+    bad = _tiny_trainer(tmp_path / "bad", _FullReport(), max_steps=2, eval_every=1,
+                        early_stopping=EarlyStoppingConfig("val_per_class"))
+    with pytest.raises(TrainingError, match=r"'val_per_class' is not among the validation metrics: "
+                                            r"\['val_loss', 'val_perplexity', 'val_tokens'\]"):
+        bad.fit()
+
+
+class _SlowEvaluation(CausalLMTask):
+    def evaluate(self, model, batches):
+        time.sleep(0.3)
+        return super().evaluate(model, batches)
+
+
+def test_tokens_per_second_counts_training_time_only(tmp_path):
+    res = _tiny_trainer(tmp_path / "run", _SlowEvaluation(), max_steps=4, eval_every=1).fit()
+    assert res.wall_s - res.train_s >= 4 * 0.3  # the evaluations are not training time
+    rows = [json.loads(x) for x in (res.out_dir / "metrics.jsonl").read_text().splitlines()]
+    step_tokens = 4 * 8
+    # each window's tokens took less time than one evaluation: its 0.3 s was not counted
+    assert all(step_tokens / r["tokens_per_s"] < 0.3 for r in rows)
+    assert rows[-1]["train_s"] == pytest.approx(res.train_s)
+
+
+def test_evaluation_and_tokenizing_report_progress_without_a_terminal(tmp_path, monkeypatch,
+                                                                      caplog):
+    from zerolm.data import corpus
+
+    monkeypatch.setattr(corpus, "PROGRESS_EVERY_S", 0.0)  # every update: these jobs take no time
+    monkeypatch.setattr(corpus.sys.stderr, "isatty", lambda: False)
+    caplog.set_level(logging.INFO)
+    pretrain(_cfg(tmp_path, "p", "train.max_steps=2", "train.eval_batches=3",
+                  "train.progress=false"))
+    assert re.search(r"tokenizing corpus\.txt: [\d.]+ MB of [\d.]+ MB \(\d+%\)", caplog.text)
+    evaluating = [r.getMessage() for r in caplog.records
+                  if r.getMessage().startswith("evaluating:")]
+    assert evaluating == ["evaluating: batch 1", "evaluating: batch 2", "evaluating: batch 3"]

@@ -6,7 +6,8 @@ from zerolm.cli.main import add_verb
 
 
 def register(sub) -> None:
-    p = add_verb(sub, "clean", "delete a finished run's resumable checkpoints (and final/ or best/)",
+    p = add_verb(sub, "clean",
+                 "delete a finished run's resumable checkpoints (and final/ or best/)",
                  "zerolm clean runs/sst2 --keep best --dry-run",
                  description="Delete what a finished run no longer needs: its resumable "
                              "checkpoints (model and optimizer state, the bulk of a run's disk "
@@ -17,7 +18,8 @@ def register(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run's out_dir")
     p.add_argument("--keep", choices=["best", "final", "both"], default="both",
                    help="which model directories to keep (default: both)")
-    p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be deleted, delete nothing")
     p.set_defaults(func=run)
 
 

@@ -51,7 +51,6 @@ def run_embed(args) -> int:
     import numpy as np
 
     from zerolm.atomic import atomic_write_bytes
-
     from zerolm.embed import embed_texts
 
     model, tok = _load(args)

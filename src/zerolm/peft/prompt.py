@@ -48,7 +48,6 @@ from torch import nn
 
 from zerolm.models import Body, body_of
 from zerolm.models.body import reserved_positions  # noqa: F401  (re-exported)
-from zerolm.models.layers import split_heads
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ class SoftPrompt(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(init)  # (P, D)
         self.position = position
-        self._inserted: list[bool] = []  # per running call: did it insert the prompt?
+        self._inserted = False  # did the running call insert the prompt? (a body never nests calls)
 
     @property
     def length(self) -> int:
@@ -132,13 +131,13 @@ def _prompt_pre_hook(body: Body, args: tuple, kwargs: dict):
     elif kwargs.get("position_ids") is not None:
         kwargs["position_ids"] = kwargs["position_ids"] + P
     kwargs["input_ids"], kwargs["inputs_embeds"] = None, x
-    sp._inserted.append(insert)
+    sp._inserted = insert
     return args, kwargs
 
 
 def _prompt_hook(body: Body, args: tuple, kwargs: dict, out):
     sp: SoftPrompt = body.soft_prompt
-    if not sp._inserted.pop():
+    if not sp._inserted:
         return out
     P, k = sp.length, sp.position
     out.last_hidden_state = _drop(out.last_hidden_state, k, P)
@@ -183,11 +182,11 @@ class PrefixKV(nn.Module):
     keys[l] and values[l] are (P, H_l * Dh_l): the heads side by side, like k_proj's output.
     """
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], heads: list[int]):
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], shapes: list[tuple[int, int]]):
         super().__init__()
         self.keys = nn.ParameterList(nn.Parameter(k) for k in keys)
         self.values = nn.ParameterList(nn.Parameter(v) for v in values)
-        self.heads = list(heads)
+        self.shapes = list(shapes)  # (heads, head size) per block
 
     @property
     def length(self) -> int:
@@ -195,11 +194,12 @@ class PrefixKV(nn.Module):
 
     def per_layer(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(keys, values) of (1, H_l, P, Dh_l) for every block: the body's `prefix`."""
-        return [(split_heads(k[None], h), split_heads(v[None], h))
-                for k, v, h in zip(self.keys, self.values, self.heads)]
+        P = self.length
+        return [(k.view(1, P, h, dh).transpose(1, 2), v.view(1, P, h, dh).transpose(1, 2))
+                for k, v, (h, dh) in zip(self.keys, self.values, self.shapes)]
 
     def extra_repr(self) -> str:
-        return f"length={self.length}, layers={len(self.heads)}"
+        return f"length={self.length}, layers={len(self.shapes)}"
 
 
 def _prefix_pre_hook(body: Body, args: tuple, kwargs: dict):
@@ -229,8 +229,11 @@ def _real_token_keys_values(body: Body, length: int) -> tuple[list[torch.Tensor]
         body.train(training)
         for h in handles:
             h.remove()
+    # a block whose heads were all pruned runs no projection: its prefix is empty (P, 0)
+    dev = body.tok_emb.weight.device
+    empty = torch.zeros(length, 0, device=dev)
     L = len(body.blocks)
-    return [got[i, "k"] for i in range(L)], [got[i, "v"] for i in range(L)]
+    return [got.get((i, "k"), empty) for i in range(L)], [got.get((i, "v"), empty) for i in range(L)]
 
 
 def apply_prefix(model: nn.Module, length: int = 20) -> PrefixKV:
@@ -245,7 +248,7 @@ def apply_prefix(model: nn.Module, length: int = 20) -> PrefixKV:
         raise ValueError(f"cannot apply prefix tuning to {type(model).__name__}: it has prefixes "
                          "already; apply prefix tuning once")
     keys, values = _real_token_keys_values(body, length)
-    kv = PrefixKV(keys, values, [h for h, _ in body.layer_shapes()])
+    kv = PrefixKV(keys, values, body.layer_shapes())
     body.prefix_kv = kv
     body.register_forward_pre_hook(_prefix_pre_hook, with_kwargs=True)
     log.info("prefix of %d positions on %d attention layers", length, len(keys))

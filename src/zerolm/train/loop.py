@@ -159,8 +159,9 @@ class Trainer:
             except CheckpointError as e:
                 if self.cfg.resume_bad_checkpoint == "stop":
                     raise CheckpointError(
-                        f"{e}; not resuming (train.resume_bad_checkpoint=stop): set it to 'previous' "
-                        f"to resume from the checkpoint before, or move {ck} away") from None
+                        f"{e}; not resuming (train.resume_bad_checkpoint=stop): set it to "
+                        f"'previous' to resume from the checkpoint before, or move {ck} "
+                        f"away") from None
                 log.warning("%s; resuming from the checkpoint before it instead (%s is left as "
                             "it is)", e, ck.name)
                 problems.append(str(e))
@@ -214,8 +215,10 @@ class Trainer:
                     self._record(row, is_eval, start_step, start_time)
                 for cb in self.callbacks:
                     cb(self, self.step, row or {})
-                # any process's signal stops them all (a scheduler may signal only some)
-                interrupted = dist.any_rank(self._stop_requested, self.device) and not stopped_early
+                # any process's signal stops them all (a scheduler may signal only some); a
+                # signal during the last step or beside early stopping leaves a finished run
+                requested = dist.any_rank(self._stop_requested, self.device)
+                interrupted = requested and not stopped_early and self.step < cfg.max_steps
                 if self._checkpoint_due(stopped_early or interrupted, interrupted):
                     self.save()
                 if stopped_early or interrupted:
