@@ -61,8 +61,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 class AtomicDir:
     """`with AtomicDir(final) as tmp:` write into tmp; on success tmp replaces final.
 
-    If the body raises, tmp is removed and `final` is untouched. There is no moment when
-    neither the old nor the new directory is at `final` (see the module docstring).
+    If the body raises, tmp is removed and `final` is untouched. On Linux there is no
+    moment when neither the old nor the new directory is at `final`; where the two
+    directories cannot be exchanged in one step, `recover_dir` repairs that moment.
     """
 
     def __init__(self, final: str | os.PathLike):

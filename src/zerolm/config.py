@@ -179,15 +179,69 @@ class LabelledDataConfig:
 
 
 @dataclass
+class FreezeConfig:
+    layers: int = 0  # also freeze the bottom k blocks (the embeddings are always frozen)
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8  # rank r of the update B @ A
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the LoRA path
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # module names to adapt
+
+
+@dataclass
+class AdapterConfig:
+    size: int = 64  # bottleneck width of each adapter
+
+
+@dataclass
+class PromptConfig:
+    length: int = 20  # virtual tokens (prompt tuning: they take input positions; prefix: per layer)
+
+
+@dataclass
 class StrategyConfig:
+    """Which weights train (`name`), and each strategy's own settings in its own section:
+    `strategy.lora.rank`, `strategy.freeze.layers`, `strategy.adapter.size`,
+    `strategy.prompt.length`, `strategy.prefix.length`."""
+
     name: Literal["full", "freeze", "head_only", "bitfit", "lora", "adapter", "prompt", "prefix"] = "full"  # which weights train
-    freeze_layers: int = 0  # freeze: also freeze the bottom k blocks (embeddings are always frozen)
-    lora_rank: int = 8  # lora: rank r of the update B @ A
-    lora_alpha: float = 16.0  # lora: the update is scaled by alpha / r
-    lora_dropout: float = 0.0  # lora: dropout on the LoRA path
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # module names to adapt
-    adapter_size: int = 64  # adapter: bottleneck width
-    prompt_length: int = 20  # prompt / prefix: number of virtual tokens (prompt: they take input positions)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)  # freeze: embeddings + bottom blocks frozen
+    lora: LoraConfig = field(default_factory=LoraConfig)  # lora: low-rank updates beside frozen linears
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)  # adapter: Houlsby bottlenecks
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # prompt: a soft prompt of input embeddings
+    prefix: PromptConfig = field(default_factory=PromptConfig)  # prefix: trainable keys / values per layer
+
+    def settings(self) -> Any:
+        """The settings section of the chosen strategy (None for those without settings)."""
+        return getattr(self, self.name, None) if self.name in STRATEGY_SECTIONS else None
+
+
+# strategies with a settings section (the others have none)
+STRATEGY_SECTIONS = ("freeze", "lora", "adapter", "prompt", "prefix")
+# the flat keys of earlier versions, still read: old key -> new keys
+LEGACY_STRATEGY_KEYS = {"freeze_layers": ("freeze.layers",), "lora_rank": ("lora.rank",),
+                        "lora_alpha": ("lora.alpha",), "lora_dropout": ("lora.dropout",),
+                        "lora_targets": ("lora.targets",), "adapter_size": ("adapter.size",),
+                        "prompt_length": ("prompt.length", "prefix.length")}
+
+
+def upgrade_strategy_keys(section: dict[str, Any], where: str = "strategy") -> dict[str, Any]:
+    """A `strategy` mapping with the flat keys of earlier versions (lora_rank, prompt_length...)
+    moved into their sections, with a warning naming the new key."""
+    out = dict(section)
+    for old, news in LEGACY_STRATEGY_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            for new in news:
+                sec, key = new.split(".")
+                out.setdefault(sec, {})
+                if isinstance(out[sec], dict):
+                    out[sec].setdefault(key, value)
+            log.warning("%s.%s is now %s", where, old, " and ".join(f"strategy.{n}" for n in news))
+    return out
 
 
 @dataclass
@@ -228,8 +282,6 @@ class FinetuneConfig:
             raise ConfigError(f"task.crf needs task.name 'tag', got {t.name!r}")
         if t.class_weights and t.name != "classify":
             raise ConfigError(f"task.class_weights needs task.name 'classify', got {t.name!r}")
-        if s.name in ("prompt", "prefix") and s.prompt_length < 1:
-            raise ConfigError(f"strategy.prompt_length must be >= 1 for {s.name} tuning")
         if self.init is None and t.name == "clm" and self.model.family != "gpt":
             raise ConfigError("task.name 'clm' needs a gpt model (model.family: gpt)")
         if not 0 <= t.head_dropout < 1:
@@ -292,17 +344,20 @@ def _check_train(tr: TrainConfig) -> None:
 
 
 def _check_strategy(s: StrategyConfig) -> None:
-    if s.freeze_layers < 0:
-        raise ConfigError(f"strategy.freeze_layers must be >= 0, got {s.freeze_layers}")
+    if s.freeze.layers < 0:
+        raise ConfigError(f"strategy.freeze.layers must be >= 0, got {s.freeze.layers}")
     if s.name == "lora":
-        if s.lora_rank < 1:
-            raise ConfigError(f"strategy.lora_rank must be >= 1, got {s.lora_rank}")
-        if not s.lora_alpha > 0:
-            raise ConfigError(f"strategy.lora_alpha must be > 0, got {s.lora_alpha}")
-        if not 0 <= s.lora_dropout < 1:
-            raise ConfigError(f"strategy.lora_dropout must be in [0, 1), got {s.lora_dropout}")
-    if s.name == "adapter" and s.adapter_size < 1:
-        raise ConfigError(f"strategy.adapter_size must be >= 1, got {s.adapter_size}")
+        if s.lora.rank < 1:
+            raise ConfigError(f"strategy.lora.rank must be >= 1, got {s.lora.rank}")
+        if not s.lora.alpha > 0:
+            raise ConfigError(f"strategy.lora.alpha must be > 0, got {s.lora.alpha}")
+        if not 0 <= s.lora.dropout < 1:
+            raise ConfigError(f"strategy.lora.dropout must be in [0, 1), got {s.lora.dropout}")
+    if s.name == "adapter" and s.adapter.size < 1:
+        raise ConfigError(f"strategy.adapter.size must be >= 1, got {s.adapter.size}")
+    if s.name in ("prompt", "prefix") and s.settings().length < 1:
+        raise ConfigError(f"strategy.{s.name}.length must be >= 1 for {s.name} tuning, got "
+                          f"{s.settings().length}")
 
 
 def warmup_warning(warmup_steps: int, total_steps: int,
@@ -572,7 +627,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     tree: dict[str, Any] = _read_tree(Path(path)) if path is not None else {}
     if cls is None:
         cls = FinetuneConfig if "init" in tree else RunConfig
+    if isinstance(tree.get("strategy"), dict):
+        tree["strategy"] = upgrade_strategy_keys(tree["strategy"])
     for key, value in parse_overrides(overrides or []):
+        head, _, last = key.rpartition(".")
+        if head == "strategy" and last in LEGACY_STRATEGY_KEYS:
+            log.warning("override %s is now %s", key, " and ".join(f"strategy.{n}" for n in
+                                                                     LEGACY_STRATEGY_KEYS[last]))
+            for new in LEGACY_STRATEGY_KEYS[last]:
+                _set_dotted(tree, f"strategy.{new}", value, cls)
+            continue
         _set_dotted(tree, key, value, cls)
     try:
         cfg = _build(cls, tree)

@@ -206,10 +206,13 @@ def test_a_negative_learning_rate_is_one_line_from_the_cli(capsys):
 
 
 def test_finetune_strategy_values_are_checked():
-    with pytest.raises(ConfigError, match="strategy.lora_rank must be >= 1"):
-        load_config(CLASSIFY, ["strategy.name=lora", "strategy.lora_rank=0"])
-    with pytest.raises(ConfigError, match=r"strategy.lora_dropout must be in \[0, 1\)"):
-        load_config(CLASSIFY, ["strategy.name=lora", "strategy.lora_dropout=1.5"])
+    with pytest.raises(ConfigError, match="strategy.lora.rank must be >= 1"):
+        load_config(CLASSIFY, ["strategy.name=lora", "strategy.lora.rank=0"])
+    with pytest.raises(ConfigError, match=r"strategy.lora.dropout must be in \[0, 1\)"):
+        load_config(CLASSIFY, ["strategy.name=lora", "strategy.lora.dropout=1.5"])
+    # the flat keys of earlier versions still work, and say what they are now
+    cfg = load_config(CLASSIFY, ["strategy.name=lora", "strategy.lora_rank=4", "strategy.prompt_length=7"])
+    assert cfg.strategy.lora.rank == 4 and cfg.strategy.prompt.length == cfg.strategy.prefix.length == 7
 
 
 # ------------------------------------------------------------------ 4. help texts

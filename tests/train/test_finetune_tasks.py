@@ -69,7 +69,7 @@ def test_causal_lm_finetuning_and_predict(tmp_path):
 def test_predict_matches_the_trained_model_and_keeps_input_order(tmp_path, strategy):
     cfg = load_config(TINY / "classify_reviews.yaml",
                       [f"out_dir={tmp_path / 'run'}", "train.epochs=1", f"strategy.name={strategy}",
-                       "strategy.prompt_length=4"], cls=FinetuneConfig)
+                       "strategy.prompt.length=4"], cls=FinetuneConfig)
     result, report = finetune(cfg)
     loaded = zerolm.load(result.out_dir / "best")
     model, tok, task, meta = loaded.model, loaded.tokenizer, loaded.task, loaded.meta
@@ -122,4 +122,4 @@ def test_compare_rejects_overrides_for_strategies_not_compared():
     common, per = split_overrides(["train.epochs=1", "lora:optim.lr=1e-3"], ["full", "lora"])
     assert common == ["train.epochs=1"] and per == {"full": [], "lora": ["optim.lr=1e-3"]}
     with pytest.raises(ZeroLMError, match="names strategy 'adapter'"):
-        split_overrides(["adapter:strategy.adapter_size=8"], ["full", "lora"])
+        split_overrides(["adapter:strategy.adapter.size=8"], ["full", "lora"])

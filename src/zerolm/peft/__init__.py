@@ -14,7 +14,13 @@ from zerolm.peft.lora import (
 )
 from zerolm.peft.match import find_modules, name_matches, replace_module
 from zerolm.peft.prompt import PrefixKV, SoftPrompt, apply_prefix, apply_prompt, reserved_positions
-from zerolm.peft.strategy import STRATEGIES, apply_strategy, replay_strategy, trainable_summary
+from zerolm.peft.strategy import (
+    STRATEGIES,
+    apply_strategy,
+    make_strategy,
+    replay_strategy,
+    trainable_summary,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -31,6 +37,7 @@ __all__ = [
     "find_modules",
     "load_lora_state_dict",
     "lora_state_dict",
+    "make_strategy",
     "merge_lora",
     "name_matches",
     "replace_module",

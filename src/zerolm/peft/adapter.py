@@ -71,3 +71,23 @@ def apply_adapters(model: nn.Module, size: int = 64,
         replace_module(model, name, LinearWithAdapter(model.get_submodule(name), size))
     log.info("Houlsby adapters (size %d) after %d modules", size, len(names))
     return names
+
+
+class AdapterStrategy:
+    """Houlsby adapters, every LayerNorm and the head train."""
+
+    name = "adapter"
+    reserved_positions = 0
+
+    def __init__(self, settings=None):
+        from zerolm.config import AdapterConfig
+
+        self.settings = settings or AdapterConfig()
+
+    def apply(self, model: nn.Module) -> None:
+        apply_adapters(model, self.settings.size)
+
+    def trains(self, model: nn.Module):
+        ids = {id(p) for m in model.modules() if isinstance(m, BottleneckAdapter) for p in m.parameters()}
+        ids |= {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+        return lambda pid, names: pid in ids

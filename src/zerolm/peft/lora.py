@@ -156,3 +156,23 @@ def load_lora_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
                 raise ValueError(f"LoRA tensor {k!r} has shape {tuple(state_dict[k].shape)}, "
                                  f"the model expects {tuple(t.shape)} (different rank?)")
             t.copy_(state_dict[k])
+
+
+class LoraStrategy:
+    """LoRA A, B beside the frozen `settings.targets` linears (and the head) train."""
+
+    name = "lora"
+    reserved_positions = 0
+
+    def __init__(self, settings=None):
+        from zerolm.config import LoraConfig
+
+        self.settings = settings or LoraConfig()
+
+    def apply(self, model: nn.Module) -> None:
+        s = self.settings
+        apply_lora(model, s.targets, rank=s.rank, alpha=s.alpha, dropout=s.dropout)
+
+    def trains(self, model: nn.Module):
+        ids = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_a, m.lora_b)}
+        return lambda pid, names: pid in ids

@@ -253,3 +253,39 @@ def apply_prefix(model: nn.Module, length: int = 20) -> PrefixKV:
     body.register_forward_pre_hook(_prefix_pre_hook, with_kwargs=True)
     log.info("prefix of %d positions on %d attention layers", length, len(keys))
     return kv
+
+
+class PromptStrategy:
+    """A soft prompt of `settings.length` input embeddings (and the head) trains."""
+
+    name = "prompt"
+
+    def __init__(self, settings=None):
+        from zerolm.config import PromptConfig
+
+        self.settings = settings or PromptConfig()
+
+    @property
+    def reserved_positions(self) -> int:
+        return self.settings.length  # the prompt takes input positions
+
+    def apply(self, model: nn.Module) -> None:
+        apply_prompt(model, self.settings.length)
+
+    def trains(self, model: nn.Module):
+        ids = {id(m.weight) for m in model.modules() if isinstance(m, SoftPrompt)}
+        return lambda pid, names: pid in ids
+
+
+class PrefixStrategy(PromptStrategy):
+    """`settings.length` prefix keys and values in every self-attention (and the head) train."""
+
+    name = "prefix"
+    reserved_positions = 0  # the queries, and so the input positions, do not change
+
+    def apply(self, model: nn.Module) -> None:
+        apply_prefix(model, self.settings.length)
+
+    def trains(self, model: nn.Module):
+        ids = {id(p) for m in model.modules() if isinstance(m, PrefixKV) for p in m.parameters()}
+        return lambda pid, names: pid in ids

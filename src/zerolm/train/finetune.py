@@ -76,26 +76,16 @@ def _body_and_tokenizer(cfg: FinetuneConfig):
     return build_model(mcfg), tok
 
 
-def strategy_kwargs(cfg: FinetuneConfig) -> dict:
-    s = cfg.strategy
-    return dict(freeze_layers=s.freeze_layers, lora_rank=s.lora_rank, lora_alpha=s.lora_alpha,
-                lora_dropout=s.lora_dropout, lora_targets=tuple(s.lora_targets),
-                adapter_size=s.adapter_size, prompt_length=s.prompt_length)
-
-
-def reserved_by_strategy(cfg: FinetuneConfig) -> int:
-    """Input positions the strategy takes (a soft prompt's), before it is applied."""
-    return cfg.strategy.prompt_length if cfg.strategy.name == "prompt" else 0
-
-
 def max_input_length(cfg: FinetuneConfig, model: nn.Module) -> int:
     """Tokens an input may have: data.max_length, within the positions the model has left
-    after the strategy's reserved positions."""
-    reserved = reserved_by_strategy(cfg)
+    after the positions the strategy declares it reserves (a soft prompt's)."""
+    from zerolm.peft import make_strategy
+
+    reserved = make_strategy(cfg.strategy.name, cfg.strategy).reserved_positions
     room = model.config.max_seq_len - reserved
     if room < 2:
-        raise ConfigError(f"strategy.prompt_length {reserved} leaves no room in model.max_seq_len "
-                          f"{model.config.max_seq_len}")
+        raise ConfigError(f"strategy.{cfg.strategy.name}.length {reserved} leaves no room in "
+                          f"model.max_seq_len {model.config.max_seq_len}")
     return min(cfg.data.max_length, room)
 
 
@@ -121,7 +111,7 @@ def _finetune(cfg: FinetuneConfig, device, resume, apply_strategy) -> tuple[Trai
     tr = dataclasses.replace(tr, max_steps=steps)
     cfg = dataclasses.replace(cfg, train=tr)
     torch.manual_seed(tr.seed)
-    summary = apply_strategy(st.model, cfg.strategy.name, **strategy_kwargs(cfg))
+    summary = apply_strategy(st.model, cfg.strategy.name, settings=cfg.strategy)
     out = Path(cfg.out_dir)
     meta = {**st.meta, "strategy": dataclasses.asdict(cfg.strategy)}
     trainer = Trainer(st.model, st.task, st.train_data, val_data=st.dev_data, train=tr, optim=cfg.optim,

@@ -76,18 +76,19 @@ def open_run_dir(out_dir: str | os.PathLike, *, resume: bool | str, overwrite: b
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pass one of them")
     run = RunDir(path)
-    failure: tuple[str, str] | None = None
+    error: Exception | None = None
     if dist.is_main():
         try:
             _open(run, resume=bool(resume), overwrite=overwrite)
-        except ZeroLMError as e:
+        except Exception as e:
             if not dist.is_distributed():
                 raise
-            failure = (type(e).__name__, str(e))
+            error = e  # raised below, once the other ranks know: they must not wait forever
     # a collective: the other ranks wait here until rank 0 has checked and locked
-    failure = dist.broadcast_object(failure)
+    failure = dist.broadcast_object(None if error is None else (type(error).__name__, str(error)))
+    if error is not None:
+        raise error
     if failure is not None:
-        run.close()
         raise ConfigError(failure[1]) if failure[0] == "ConfigError" else ZeroLMError(failure[1])
     return run
 
