@@ -92,7 +92,8 @@ class TrainConfig:
     clip_grad: float = 1.0  # max global gradient norm; 0 disables
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is for GPUs (100x slower on this CPU)
     device: str = "auto"  # auto: cuda if available, else cpu
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    threads: int = 0  # torch CPU threads per process; 0: the CPUs this process may use (affinity,
+    # cgroup quota) divided by the processes torchrun starts on this machine
     seed: int = 1337  # seeds init, data order, masking and dropout
     log_every: int = 10  # steps between log lines and metrics.jsonl rows
     eval_every: int = 250  # steps between evaluations on the validation split; 0: only at the end
@@ -268,6 +269,8 @@ class FinetuneConfig:
     # max_steps 0: not set, train.epochs give the length (see TrainConfig.max_steps)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=0, batch_size=32, eval_every=0, save_every=0,
+        # a finished fine-tune keeps best/ only (its checkpoints and final/ are GBs on big models)
+        keep_final=False, keep_checkpoints_when_done=False,
         early_stopping=EarlyStoppingConfig("val_accuracy", "max", 0)))
 
     def validate(self) -> FinetuneConfig:

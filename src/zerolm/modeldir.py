@@ -82,15 +82,19 @@ def _is_tied_alias(model: nn.Module, key: str, stored: set[str]) -> bool:
 
 
 def save_model(model: nn.Module, directory: str | os.PathLike, *, run_config: str | None = None,
-               tokenizer=None) -> Path:
-    """Write a complete model directory atomically (see the module docstring)."""
+               tokenizer=None, extra_files: dict[str, str] | None = None) -> Path:
+    """Write a complete model directory atomically (see the module docstring);
+    `extra_files` (name -> text) go in with it, e.g. a fine-tuned model's task.json."""
     directory = Path(directory)
     with AtomicDir(directory) as tmp:
-        write_model_files(model, tmp, run_config, tokenizer)
+        write_model_files(model, tmp, run_config, tokenizer, extra_files)
     return directory
 
 
-def write_model_files(model, tmp: Path, run_config: str | None, tokenizer) -> None:
+def write_model_files(model, tmp: Path, run_config: str | None, tokenizer,
+                      extra_files: dict[str, str] | None = None) -> None:
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text, encoding="utf-8")
     save_weights(model, tmp / MODEL_FILE)
     (tmp / MODEL_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
     if run_config is not None:

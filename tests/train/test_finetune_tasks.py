@@ -107,7 +107,9 @@ def test_compare_writes_a_table_and_resumes(tmp_path, capsys):
     assert [r["strategy"] for r in rows] == ["head_only", "bitfit"]
     assert rows[1]["overrides"] == ["optim.lr=3e-3"] and rows[0]["overrides"] == []
     assert rows[0]["trainable"] < rows[1]["trainable"] < rows[0]["total"]
-    assert all(r["metric"] == "accuracy" and 0 <= r["value"] <= 1 and r["peak_rss_mb"] > 0 for r in rows)
+    for r in rows:  # each row is its run's own report
+        saved = json.loads((root / r["strategy"] / "eval.json").read_text())
+        assert r["metric"] == "accuracy" and r["value"] == saved["accuracy"] and r["peak_rss_mb"] > 0
     assert "| head_only |" in (root / "compare.md").read_text()
     assert (root / "compare.png").stat().st_size > 1000
     assert "lr: 0.003" in (root / "bitfit" / "config.yaml").read_text()

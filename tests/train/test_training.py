@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -136,9 +137,12 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path):
 def test_bf16_autocast_trains_a_tiny_model(tmp_path):
     res = pretrain(_cfg(tmp_path, "bf16", "train.precision=bf16", "train.max_steps=3", "train.eval_every=3",
                         "train.save_every=0"))
-    assert res.step == 3 and res.final_eval["loss"] < 10
+    ref = pretrain(_cfg(tmp_path, "fp32", "train.max_steps=3", "train.eval_every=3", "train.save_every=0"))
+    assert res.step == 3
     rows = _losses(res.out_dir)
-    assert all(loss == loss for _, loss in rows)  # finite, no NaN
+    assert all(math.isfinite(loss) for _, loss in rows)
+    # bf16 trains the same model as fp32, to bf16's precision
+    assert abs(res.final_eval["loss"] - ref.final_eval["loss"]) < 0.05
 
 
 def test_mlm_with_sentence_order_prediction_and_whole_word_masking(tmp_path):
@@ -146,7 +150,10 @@ def test_mlm_with_sentence_order_prediction_and_whole_word_masking(tmp_path):
         f"out_dir={tmp_path / 'sop'}", "task.sentence_objective=sop", "task.whole_word_mask=true",
         "train.max_steps=4", "train.eval_every=4"])
     res = pretrain(cfg)
-    assert 0 <= res.final_eval["sentence_accuracy"] <= 1 and res.final_eval["masked_tokens"] > 0
+    ev = res.final_eval
+    assert ev["masked_tokens"] > 0 and "sentence_accuracy" in ev
+    # sentence order is a balanced two-way choice: 4 steps leave the head near chance, ln 2
+    assert abs(ev["sentence_loss"] - math.log(2)) < 0.2
 
 
 def _tiny_trainer(out: Path, task, **train):
@@ -205,10 +212,10 @@ def test_tokens_per_second_counts_training_time_only(tmp_path):
 
 def test_evaluation_and_tokenizing_report_progress_without_a_terminal(tmp_path, monkeypatch,
                                                                       caplog):
-    from zerolm.data import corpus
+    from zerolm import progress
 
-    monkeypatch.setattr(corpus, "PROGRESS_EVERY_S", 0.0)  # every update: these jobs take no time
-    monkeypatch.setattr(corpus.sys.stderr, "isatty", lambda: False)
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)  # every update: these jobs take no time
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
     caplog.set_level(logging.INFO)
     pretrain(_cfg(tmp_path, "p", "train.max_steps=2", "train.eval_batches=3",
                   "train.progress=false"))

@@ -16,85 +16,19 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
-import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
 from zerolm.data.text import is_table, iter_records, resolve_data_path
 from zerolm.errors import DataError
+from zerolm.progress import Progress
 
 log = logging.getLogger(__name__)
 
 _BATCH_LINES = 4096
-PROGRESS_EVERY_S = 10.0  # without a terminal, a progress log line at most this often
-T = TypeVar("T")
-
-
-class Progress:
-    """How far a long job got: a tqdm bar on a terminal, else a log line at most every
-    `every_s` seconds, so that a job's log shows it is alive and how far it is.
-
-    Used for tokenizing here and for evaluation in the training loop. `unit` "B" counts
-    bytes (shown as kB / MB); anything else is a count of that unit.
-    """
-
-    def __init__(self, desc: str, *, total: int | None = None, unit: str = "it", bar: bool = True,
-                 every_s: float | None = None, logger: logging.Logger | None = None):
-        self.desc, self.total, self.unit = desc, total, unit
-        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
-        self.log = logger or log
-        self.n = 0
-        self._last = time.monotonic()
-        self._bar = None
-        if bar and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=False,
-                             dynamic_ncols=True)
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if self._bar is not None:
-            self._bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self._last >= self.every_s:
-            self._last = now
-            self.log.info("%s: %s", self.desc, self._done())
-
-    def wrap(self, items: Iterable[T]) -> Iterator[T]:
-        """`items`, counting one per item as it is taken."""
-        for x in items:
-            yield x
-            self.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _done(self) -> str:
-        """Like "12.3 MB of 40.0 MB (31%)", "batch 120 of 400 (30%)" or "batch 120"."""
-        if self.unit == "B":
-            done = f"{self.n / 1e6:,.1f} MB"
-            of = f" of {self.total / 1e6:,.1f} MB" if self.total else ""
-        else:
-            done = f"{self.unit} {self.n:,}"
-            of = f" of {self.total:,}" if self.total else ""
-        pct = f" ({min(100 * self.n / self.total, 100):.0f}%)" if self.total else ""
-        return done + of + pct
 
 
 def default_cache_dir() -> Path:

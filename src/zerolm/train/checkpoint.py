@@ -50,10 +50,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], run_config: str, tokenizer=None) -> Path:
+                    trainer_state: dict[str, Any], run_config: str, tokenizer=None,
+                    extra_files: dict[str, str] | None = None) -> Path:
     """A resumable checkpoint: model directory + optimizer, RNG and trainer state."""
     with AtomicDir(directory) as tmp:
-        write_model_files(model, tmp, run_config, tokenizer)
+        write_model_files(model, tmp, run_config, tokenizer, extra_files)
         tensors, meta = _flatten_optimizer(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
         if torch.cuda.is_available():

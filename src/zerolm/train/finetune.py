@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from zerolm.atomic import atomic_write_text
-from zerolm.config import FinetuneConfig, RunConfig, dump_config, resolve_finetune_steps
+from zerolm.config import (
+    FinetuneConfig,
+    RunConfig,
+    check_writable_dir,
+    dump_config,
+    resolve_finetune_steps,
+    warmup_warning,
+)
 from zerolm.errors import ConfigError
 from zerolm.loading import load_model, resolve_model_path
 from zerolm.modeldir import TASK_FILE, load_weights
@@ -95,6 +102,8 @@ def finetune(cfg: FinetuneConfig, *, resume: bool | str = False, overwrite: bool
     from zerolm.peft import apply_strategy
 
     device = dist.setup(cfg.train.device)
+    if dist.is_main():
+        check_writable_dir(cfg.out_dir)
     with open_run_dir(cfg.out_dir, resume=resume, overwrite=overwrite):
         return _finetune(cfg, device, resume, apply_strategy)
 
@@ -108,6 +117,9 @@ def _finetune(cfg: FinetuneConfig, device, resume, apply_strategy) -> tuple[Trai
                                        micro_per_step=micro)
     steps, why = resolve_finetune_steps(tr, st.train_data.steps_per_epoch())
     log.info("run length: %s", why)
+    warn = warmup_warning(cfg.schedule.warmup_steps, steps, "the run") if not tr.max_steps else None
+    if warn:  # (a given max_steps was already checked with the config)
+        log.warning("%s", warn)
     tr = dataclasses.replace(tr, max_steps=steps)
     cfg = dataclasses.replace(cfg, train=tr)
     torch.manual_seed(tr.seed)
@@ -116,7 +128,7 @@ def _finetune(cfg: FinetuneConfig, device, resume, apply_strategy) -> tuple[Trai
     meta = {**st.meta, "strategy": dataclasses.asdict(cfg.strategy)}
     trainer = Trainer(st.model, st.task, st.train_data, val_data=st.dev_data, train=tr, optim=cfg.optim,
                       schedule=cfg.schedule, out_dir=out, config_text=dump_config(cfg), tokenizer=tok,
-                      device=device)
+                      device=device, extra_files={TASK_FILE: json.dumps(meta, indent=2)})
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / TASK_FILE, json.dumps(meta, indent=2))
@@ -127,9 +139,6 @@ def _finetune(cfg: FinetuneConfig, device, resume, apply_strategy) -> tuple[Trai
     report: dict = {}
     if dist.is_main():
         best = out / "best"
-        for d in (best, out / "final"):
-            if d.is_dir():
-                atomic_write_text(d / TASK_FILE, json.dumps(meta, indent=2))
         if (best / "model.safetensors").exists():
             load_weights(st.model, best / "model.safetensors")
         st.model.eval()

@@ -32,9 +32,9 @@ from torch import nn
 
 from zerolm.atomic import atomic_write_text
 from zerolm.config import EarlyStoppingConfig, OptimConfig, ScheduleConfig, TrainConfig
-from zerolm.data.corpus import Progress
 from zerolm.errors import CheckpointError, TrainingError
 from zerolm.modeldir import save_model
+from zerolm.progress import Progress
 from zerolm.tasks.base import Batches, scalars, to_device
 from zerolm.train import dist
 from zerolm.train.checkpoint import (
@@ -103,8 +103,13 @@ class Trainer:
         config_text: str = "",
         tokenizer=None,
         device: torch.device | None = None,
+        extra_files: dict[str, str] | None = None,
     ):
+        """`extra_files` (name -> text) are written into every model directory the run saves
+        (best/, final/, checkpoints), inside the same atomic write: a fine-tuned model's
+        task.json is never missing beside its weights."""
         self.cfg, self.optim_cfg, self.sched = train, optim, schedule
+        self.extra_files = dict(extra_files or {})
         self.task, self.train_data, self.val_data = task, train_data, val_data
         self.out_dir = Path(out_dir)
         self.config_text, self.tokenizer = config_text, tokenizer
@@ -256,7 +261,7 @@ class Trainer:
                      "bad_evals": self.bad_evals, "tokens": self.tokens_seen}
             path = self.checkpoint_dir / f"step-{self.step:08d}"
             save_checkpoint(path, self.model, self.optimizer, state, self.config_text,
-                            self.tokenizer)
+                            self.tokenizer, self.extra_files)
             # checkpoints of later steps are left alone: they exist when this run resumed from an
             # earlier one (past a damaged checkpoint, or by choice), and deleting is not ours to do
             done = [p for p in list_checkpoints(self.checkpoint_dir)
@@ -386,7 +391,7 @@ class Trainer:
             self.best, self.best_step, self.bad_evals = value, self.step, 0
             if dist.is_main():
                 save_model(self.model, self.out_dir / "best", run_config=self.config_text,
-                           tokenizer=self.tokenizer)
+                           tokenizer=self.tokenizer, extra_files=self.extra_files)
             return False
         self.bad_evals += 1
         if es.patience and self.bad_evals >= es.patience:
@@ -413,7 +418,8 @@ class Trainer:
                 if not cfg.keep_final:
                     log.info("writing final/ although train.keep_final is false: there is no best/ "
                              "(no evaluation ran), so final/ is the run's only model")
-                save_model(self.model, final, run_config=self.config_text, tokenizer=self.tokenizer)
+                save_model(self.model, final, run_config=self.config_text, tokenizer=self.tokenizer,
+                           extra_files=self.extra_files)
             self._plot()
             if finished and not cfg.keep_checkpoints_when_done and self.checkpoint_dir.exists():
                 # last of all: best/ and final/ are complete on disk before the checkpoints go
@@ -505,7 +511,8 @@ class Trainer:
         from zerolm.eval.plots import plot_loss_curve
 
         try:
-            plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
+            plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png",
+                            loss_unit=getattr(self.task, "loss_unit", "nats / token"))
         except Exception as e:  # a plot must never cost the run
             log.warning("could not draw the loss curve: %s", e)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from zerolm.config import RunConfig, dump_config
+from zerolm.config import RunConfig, check_writable_dir, dump_config
 from zerolm.data.corpus import load_corpus
 from zerolm.data.lm import CausalLMBatches, MaskedLMBatches
 from zerolm.data.text import resolve_data_path
@@ -90,6 +90,8 @@ def pretrain(cfg: RunConfig, *, resume: bool | str = False, overwrite: bool = Fa
              callbacks: list | None = None) -> TrainResult:
     """Run (or resume) pretraining as configured; returns the loop's result."""
     device = dist.setup(cfg.train.device)
+    if dist.is_main():
+        check_writable_dir(cfg.out_dir)
     with open_run_dir(cfg.out_dir, resume=resume, overwrite=overwrite):
         return _pretrain(cfg, device, resume, init, callbacks)
 
