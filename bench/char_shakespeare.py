@@ -35,7 +35,7 @@ def main():
         f"out_dir={args.out}", f"train.max_steps={args.steps}", f"train.seed={args.seed}",
         "train.eval_every=0", "train.save_every=0", "train.log_every=100"])
     t0 = time.perf_counter()
-    res = pretrain(cfg)
+    res = pretrain(cfg, overwrite=True)  # a re-run re-measures into the same directory
     wall = time.perf_counter() - t0  # everything: tokenizer, data, training, final eval, saving
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     val = res.final_eval["loss"]

@@ -47,7 +47,8 @@ import torch
 from common import environment
 from zerolm.config import FinetuneConfig, load_config
 from zerolm.data.text import resolve_data_path
-from zerolm.train.finetune import finetune, resolve_init
+from zerolm.loading import resolve_model_path
+from zerolm.train.finetune import finetune
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sst2_minilm.yaml"
 TARGET = 1.3  # zerolm / HF Trainer samples/s, from the acceptance issue
@@ -82,7 +83,7 @@ def zerolm_padded_tokens(cfg: FinetuneConfig, steps: int) -> int | None:
         from zerolm.data.labelled import ClassificationBatches, LabelSet, read_examples
         from zerolm.tokenizers import Tokenizer
 
-        tok = Tokenizer.load(resolve_init(cfg.init))
+        tok = Tokenizer.load(resolve_model_path(cfg.init))
         ex = read_examples(cfg.data.train)
         data = ClassificationBatches(ex, LabelSet.from_examples(ex).encode(ex), tok,
                                      max_length=cfg.data.max_length, batch_size=cfg.train.batch_size,
@@ -95,7 +96,7 @@ def zerolm_padded_tokens(cfg: FinetuneConfig, steps: int) -> int | None:
 
 def run_zerolm(train_tsv: Path, tmp: Path, threads: int, tag: str) -> dict:
     cfg = zerolm_config(train_tsv, tmp / f"zerolm-{tag}", threads)
-    result, report = finetune(cfg)
+    result, report = finetune(cfg, overwrite=True)  # each round re-measures into the same directory
     train_s = result.wall_s
     metrics = Path(cfg.out_dir) / "metrics.jsonl"
     if metrics.exists():  # the last row is logged right after the last optimizer step
@@ -131,7 +132,7 @@ def run_hf(cfg: FinetuneConfig, train_tsv: Path, tmp: Path, grouped: bool, tag: 
     )
 
     transformers.logging.set_verbosity_error()
-    path = resolve_init(cfg.init)
+    path = resolve_model_path(cfg.init)
     o, s, tr = cfg.optim, cfg.schedule, cfg.train
     if s.name != "linear" or s.min_lr != 0 or s.decay_steps is not None:
         raise SystemExit(f"{CONFIG}: this bench assumes a linear schedule to 0 (HF `linear`)")

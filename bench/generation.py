@@ -14,7 +14,7 @@ import torch
 
 from common import emit, environment, median_time
 from zerolm.generate import GenerationConfig, generate_ids
-from zerolm.models import GPT, ModelConfig
+from zerolm.models import CausalLM, ModelConfig
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
 
         model, _ = load_model(args.model)
     else:
-        model = GPT(ModelConfig(family="gpt", vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=1024,
+        model = CausalLM(ModelConfig(family="gpt", vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=1024,
                                 max_seq_len=512, activation="gelu_tanh", norm_eps=1e-5)).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len))
     outs, rows, rec = {}, [], {}

@@ -457,10 +457,6 @@ def check_writable_dir(path: str | os.PathLike, key: str = "out_dir") -> Path:
 # ---------------------------------------------------------------- loading, validation
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check (and gently coerce: int -> float, str -> list) `value` against type hint `tp`."""
     origin = typing.get_origin(tp)

@@ -65,8 +65,8 @@ def test_pretrain_cli_passes_resume_and_overwrite(monkeypatch, tmp_path, capsys)
 
     def fake_pretrain(cfg, **kw):
         calls.append((cfg, kw))
-        return SimpleNamespace(step=3, wall_s=0.1, tokens=10, stopped_early=False, final_eval={},
-                               out_dir=Path(cfg.out_dir))
+        return SimpleNamespace(step=3, wall_s=0.1, tokens=10, stopped_early=False, final_eval={"loss": 2.5},
+                               out_dir=Path(cfg.out_dir), interrupted=len(calls) == 3)
 
     monkeypatch.setattr(pretrain_mod, "pretrain", fake_pretrain)
     assert main(["pretrain", GPT_CHAR, "--overwrite", f"out_dir={tmp_path}",
@@ -75,6 +75,11 @@ def test_pretrain_cli_passes_resume_and_overwrite(monkeypatch, tmp_path, capsys)
     (cfg1, kw1), (cfg2, kw2) = calls
     assert kw1 == {"resume": False, "overwrite": True, "init": None} and cfg1.train.max_steps == 3
     assert kw2 == {"resume": True, "overwrite": False, "init": None} and cfg2.train.max_steps == 150
+    # an interrupted run says so, and does not pass its last validation off as final
+    capsys.readouterr()
+    assert main(["pretrain", GPT_CHAR, "--resume", "train.max_steps=150"]) == 0
+    out = capsys.readouterr().out
+    assert "interrupted at step 3 of 150" in out and "--resume" in out and "not a final result" in out
 
 
 def test_finetune_cli_passes_resume_and_overwrite(monkeypatch, capsys):
@@ -87,7 +92,7 @@ def test_finetune_cli_passes_resume_and_overwrite(monkeypatch, capsys):
         calls.append((cfg, kw))
         report = {"strategy": {"strategy": "full", "trainable": 1, "total": 1, "percent": 100.0},
                   "samples_per_s": 1.0}
-        return SimpleNamespace(step=1, wall_s=0.1, out_dir=Path(cfg.out_dir)), report
+        return SimpleNamespace(step=1, wall_s=0.1, out_dir=Path(cfg.out_dir), interrupted=False), report
 
     monkeypatch.setattr(finetune_mod, "finetune", fake_finetune)
     class FakeTask:

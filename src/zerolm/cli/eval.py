@@ -89,6 +89,7 @@ def _run_lm(args, pred) -> int:
     from zerolm.data.corpus import load_corpus
     from zerolm.data.lm import CausalLMBatches, MaskedLMBatches
     from zerolm.errors import ZeroLMError
+    from zerolm.models import family
     from zerolm.progress import counted
     from zerolm.tasks import CausalLMTask, MaskedLMTask
 
@@ -98,7 +99,7 @@ def _run_lm(args, pred) -> int:
     block = args.block_size or model.config.max_seq_len
     bs = args.batch_size or 16
     corpus = load_corpus(args.input, tok, keep_line_ends=tok.kind != "wordpiece")
-    if model.config.family == "gpt":
+    if family(model.config).objective == "clm":
         data = CausalLMBatches(corpus.flat(), block, bs, args.seed)
         task = CausalLMTask()
     else:

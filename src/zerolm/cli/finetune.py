@@ -34,6 +34,10 @@ def run(args) -> int:
     result, report = finetune(cfg, resume=resume_arg(args), overwrite=args.overwrite)
     if dist.is_main():
         s = report["strategy"]
+        if result.interrupted:
+            print(f"interrupted at step {result.step} of {report.get('planned_steps', '?')}; a resumable "
+                  "checkpoint was saved: continue with --resume. The report below is the dev score of "
+                  "the best model so far, not a final result.")
         print(f"strategy {s['strategy']}: {s['trainable']:,} of {s['total']:,} parameters trained "
               f"({format_percent(s['percent'])}); {result.step} steps in {result.wall_s:.0f} s "
               f"({report['samples_per_s']:.1f} samples/s)")

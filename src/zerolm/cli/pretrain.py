@@ -29,10 +29,16 @@ def run(args) -> int:
     result = pretrain(cfg, resume=resume_arg(args), overwrite=args.overwrite, init=args.init)
     if dist.is_main():
         ev = ", ".join(f"{k} {v:.4f}" for k, v in result.final_eval.items() if isinstance(v, float))
-        print(f"trained {result.step} steps in {result.wall_s:.1f} s ({result.tokens:,} tokens)"
-              + (" - stopped early" if result.stopped_early else ""))
-        if ev:
-            print(f"validation: {ev}")
+        if result.interrupted:
+            print(f"interrupted at step {result.step} of {cfg.train.max_steps} after {result.wall_s:.1f} s; "
+                  f"a resumable checkpoint was saved: continue with --resume")
+            if ev:
+                print(f"last validation before the interruption (not a final result): {ev}")
+        else:
+            print(f"trained {result.step} steps in {result.wall_s:.1f} s ({result.tokens:,} tokens)"
+                  + (" - stopped early" if result.stopped_early else ""))
+            if ev:
+                print(f"validation: {ev}")
         print(f"model: {result.out_dir / 'final'}   metrics: {result.out_dir / 'metrics.jsonl'}   "
               f"loss curve: {result.out_dir / 'loss.png'}")
     dist.teardown()

@@ -6,7 +6,6 @@ label never seen in training is an error naming the file and line.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +78,6 @@ class LabelSet:
 
     def __len__(self) -> int:
         return len(self.names)
-
-    def to_json(self) -> str:
-        return json.dumps({"labels": self.names}, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> LabelSet:
-        return cls(json.loads(text)["labels"])
 
 
 class ClassificationBatches(BucketedBatches):

@@ -9,7 +9,7 @@ standard library alone).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Family = Literal["bert", "gpt"]
@@ -107,10 +107,6 @@ class ModelConfig:
         plain = LayerShape(self.n_heads, self.d_model // self.n_heads, self.d_ff, {})
         return (self.d_model % self.n_heads == 0
                 and all(self.layer(i) == plain for i in range(self.n_layers)))
-
-    def with_layers(self, shapes: list[LayerShape]) -> ModelConfig:
-        """A copy with these per-layer shapes (what pruning and factorisation record)."""
-        return replace(self, layers=list(shapes))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

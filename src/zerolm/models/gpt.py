@@ -167,11 +167,3 @@ class CausalLM(nn.Module):
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         return self.body.new_cache(batch, max_len)
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())  # tied weights count once
-        if non_embedding:
-            n -= self.body.tok_emb.weight.numel()
-            if self.body.pos_emb.learned:
-                n -= self.body.pos_emb.weight.numel()
-        return n

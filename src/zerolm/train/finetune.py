@@ -150,7 +150,8 @@ def _finetune(cfg: FinetuneConfig, device, resume, apply_strategy) -> tuple[Trai
                 report = st.task.evaluate(st.model, st.dev_data.eval_batches())
         train_s = getattr(result, "train_s", result.wall_s)
         report.update(task=cfg.task.name, metric=task_cls.metric, strategy=summary,
-                      truncated_train=st.truncated, steps=result.step, wall_s=result.wall_s,
+                      truncated_train=st.truncated, steps=result.step, planned_steps=tr.max_steps,
+                      wall_s=result.wall_s,
                       train_s=train_s, interrupted=getattr(result, "interrupted", False),
                       samples_per_s=result.step * tr.batch_size * micro / max(train_s, 1e-9),
                       peak_rss_mb=max(peak0, _peak_rss_mb()))
