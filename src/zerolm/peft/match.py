@@ -1,7 +1,7 @@
 """Finding and swapping modules by name: how every PEFT transform reaches into a model.
 
 A target matches a module when it equals the module's dotted name or its last
-components: "q_proj" matches "bert.blocks.3.attn.q_proj", and "attn.o_proj" matches
+components: "q_proj" matches "body.blocks.3.attn.q_proj", and "attn.o_proj" matches
 "blocks.0.attn.o_proj" but not "blocks.0.cross.o_proj". Matching on stable module names
 (see STYLE.md) keeps the transforms independent of the model classes.
 """
