@@ -10,7 +10,7 @@ from zerolm.config import FinetuneConfig, StrategyConfig, load_config
 from zerolm.models import ModelConfig, build_model
 from zerolm.models.heads import SequenceClassifier
 from zerolm.peft import STRATEGIES, apply_strategy, make_strategy, replay_strategy
-from zerolm.peft.strategy import FullStrategy
+from zerolm.peft.base import Strategy
 
 
 def classifier() -> nn.Module:
@@ -30,7 +30,7 @@ def test_each_strategy_reads_its_own_settings_section():
 
 
 def test_a_new_strategy_is_one_class_and_one_registry_line(monkeypatch):
-    class NormsOnly(FullStrategy):
+    class NormsOnly(Strategy):
         name = "norms"
 
         def trains(self, model):

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zerolm.config import AdapterConfig
+from zerolm.peft.base import Strategy
 from zerolm.peft.match import find_modules, replace_module
 
 log = logging.getLogger(__name__)
@@ -73,16 +75,11 @@ def apply_adapters(model: nn.Module, size: int = 64,
     return names
 
 
-class AdapterStrategy:
+class AdapterStrategy(Strategy):
     """Houlsby adapters, every LayerNorm and the head train."""
 
     name = "adapter"
-    reserved_positions = 0
-
-    def __init__(self, settings=None):
-        from zerolm.config import AdapterConfig
-
-        self.settings = settings or AdapterConfig()
+    settings_class = AdapterConfig
 
     def apply(self, model: nn.Module) -> None:
         apply_adapters(model, self.settings.size)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zerolm.config import LoraConfig
+from zerolm.peft.base import Strategy
 from zerolm.peft.match import find_modules, replace_module, shared_names
 
 log = logging.getLogger(__name__)
@@ -158,16 +160,11 @@ def load_lora_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
             t.copy_(state_dict[k])
 
 
-class LoraStrategy:
+class LoraStrategy(Strategy):
     """LoRA A, B beside the frozen `settings.targets` linears (and the head) train."""
 
     name = "lora"
-    reserved_positions = 0
-
-    def __init__(self, settings=None):
-        from zerolm.config import LoraConfig
-
-        self.settings = settings or LoraConfig()
+    settings_class = LoraConfig
 
     def apply(self, model: nn.Module) -> None:
         s = self.settings

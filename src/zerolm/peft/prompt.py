@@ -46,8 +46,10 @@ import logging
 import torch
 from torch import nn
 
+from zerolm.config import PromptConfig
 from zerolm.models import Body, body_of
 from zerolm.models.body import reserved_positions  # noqa: F401  (re-exported)
+from zerolm.peft.base import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -255,15 +257,11 @@ def apply_prefix(model: nn.Module, length: int = 20) -> PrefixKV:
     return kv
 
 
-class PromptStrategy:
+class PromptStrategy(Strategy):
     """A soft prompt of `settings.length` input embeddings (and the head) trains."""
 
     name = "prompt"
-
-    def __init__(self, settings=None):
-        from zerolm.config import PromptConfig
-
-        self.settings = settings or PromptConfig()
+    settings_class = PromptConfig
 
     @property
     def reserved_positions(self) -> int:
@@ -281,7 +279,10 @@ class PrefixStrategy(PromptStrategy):
     """`settings.length` prefix keys and values in every self-attention (and the head) train."""
 
     name = "prefix"
-    reserved_positions = 0  # the queries, and so the input positions, do not change
+
+    @property
+    def reserved_positions(self) -> int:
+        return 0  # the queries, and so the input positions, do not change
 
     def apply(self, model: nn.Module) -> None:
         apply_prefix(model, self.settings.length)

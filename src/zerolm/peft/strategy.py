@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
 from zerolm.config import FreezeConfig, StrategyConfig, upgrade_strategy_keys
 from zerolm.peft.adapter import AdapterStrategy
+from zerolm.peft.base import Strategy
 from zerolm.peft.lora import LoraStrategy
 from zerolm.peft.match import shared_names
 from zerolm.peft.prompt import PrefixStrategy, PromptStrategy
@@ -59,27 +60,13 @@ def _in_bottom_blocks(param_name: str, k: int) -> bool:
                for i, c in enumerate(path))
 
 
-# a rule: (parameter id, every name it has) -> whether it trains
-Rule = Callable[[int, list[str]], bool]
-
-
-class FullStrategy:
+class FullStrategy(Strategy):
     """Every weight trains ("bidirectional" fine-tuning of the whole network)."""
 
     name = "full"
-    reserved_positions = 0
-
-    def __init__(self, settings=None):
-        self.settings = settings
-
-    def apply(self, model: nn.Module) -> None:
-        pass
-
-    def trains(self, model: nn.Module) -> Rule:
-        return lambda pid, names: True
 
 
-class HeadOnlyStrategy(FullStrategy):
+class HeadOnlyStrategy(Strategy):
     """Only the task head trains: a linear probe of the frozen body."""
 
     name = "head_only"
@@ -88,7 +75,7 @@ class HeadOnlyStrategy(FullStrategy):
         return lambda pid, names: False
 
 
-class BitFitStrategy(FullStrategy):
+class BitFitStrategy(Strategy):
     """Biases and the head train (Ben Zaken et al., 2022)."""
 
     name = "bitfit"
@@ -97,13 +84,11 @@ class BitFitStrategy(FullStrategy):
         return lambda pid, names: all(n.endswith(".bias") or n == "bias" for n in names)
 
 
-class FreezeStrategy(FullStrategy):
+class FreezeStrategy(Strategy):
     """Embeddings and the bottom `layers` blocks frozen, the rest trains."""
 
     name = "freeze"
-
-    def __init__(self, settings: FreezeConfig | None = None):
-        self.settings = settings or FreezeConfig()
+    settings_class = FreezeConfig
 
     def apply(self, model):
         k = self.settings.layers
@@ -124,7 +109,7 @@ class FreezeStrategy(FullStrategy):
         return lambda pid, names: not any(_under(n, EMBEDDING_NAMES) or _in_bottom_blocks(n, k) for n in names)
 
 
-STRATEGIES: dict[str, type] = {s.name: s for s in (
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (
     FullStrategy, FreezeStrategy, HeadOnlyStrategy, BitFitStrategy, LoraStrategy, AdapterStrategy,
     PromptStrategy, PrefixStrategy)}
 
@@ -136,8 +121,7 @@ def make_strategy(name: str, settings: StrategyConfig | None = None):
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown fine-tuning strategy {name!r}{hint}; choose from {list(STRATEGIES)}")
     settings = settings or StrategyConfig(name=name)
-    return STRATEGIES[name](getattr(settings, name, None) if name in ("freeze", "lora", "adapter", "prompt",
-                                                                      "prefix") else None)
+    return STRATEGIES[name](getattr(settings, name, None))
 
 
 def _legacy_settings(name: str, kw: dict) -> StrategyConfig:
