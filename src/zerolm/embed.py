@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from zerolm.models import body_of
+from zerolm.models.body import input_room
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ def embed_texts(model, tokenizer, texts: list[str], *, batch_size: int = 32, poo
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
     model.eval()
     device = next(model.parameters()).device
-    limit = max_length or min(tokenizer.model_max_length or 10**9, model.config.max_seq_len)
+    # the positions a transform such as a soft prompt takes are not the input's to use
+    limit = min(max_length or 10**9, tokenizer.model_max_length or 10**9, input_room(model))
     enc = tokenizer.encode_batch(texts, max_length=limit)["input_ids"]
     order = np.argsort([len(e) for e in enc], kind="stable")[::-1]  # longest first: OOM shows early
     forward = _encoder(model)

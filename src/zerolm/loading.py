@@ -83,7 +83,8 @@ class Predictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _need_task(self, what: str):
+    def need_task(self, what: str):
+        """The task, or an error saying why this model has none."""
         if self.task is None:
             raise ConfigError(f"{self.source}: {what} needs a fine-tuned model (a run's best/ or final/ with "
                               "task.json) or a causal LM; this model has no task head (use .embed)")
@@ -95,7 +96,7 @@ class Predictor:
         """Predictions for every example of `data` (Batches with eval_batches), in order."""
         from zerolm.progress import progress_bar
 
-        task = self._need_task("predict")
+        task = self.need_task("predict")
         n = len(data.lengths)
         results: list[dict | None] = [None] * n
         bar = progress_bar(n, "predicting", unit="example", enabled=progress)
@@ -107,26 +108,27 @@ class Predictor:
                     results[i] = pred
                 bar.update(len(index))
         bar.close()
-        return [r for r in results if r is not None]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:  # every example is in exactly one evaluation batch
+            raise RuntimeError(f"no prediction for examples {missing[:5]} of {n}")
+        return results
 
-    def predict(self, inputs, *, batch_size: int = 32, progress: bool | None = False) -> list[dict]:
+    def predict(self, inputs, *, batch_size: int = 32, max_length: int | None = None,
+                progress: bool | None = False) -> list[dict]:
         """One prediction record per input, in input order (see the class docstring)."""
-        task = self._need_task("predict")
-        single = isinstance(inputs, str)
-        items = [inputs] if single else list(inputs)
+        task = self.need_task("predict")
+        items = [inputs] if isinstance(inputs, str) else list(inputs)
         if not items:
             return []
-        preds = self.predict_batches(task.batches(items, batch_size=batch_size), progress=progress)
-        describe = getattr(task, "describe", None)
-        if describe is not None:
-            preds = [describe(x, p) for x, p in zip(items, preds)]
-        return preds
+        data = task.batches(items, batch_size=batch_size, max_length=max_length)
+        preds = self.predict_batches(data, progress=progress)
+        return [task.describe(x, p) for x, p in zip(items, preds)]
 
     def evaluate(self, path, *, batch_size: int = 32) -> dict:
         """The task's full report on a labelled file in the training format."""
         from zerolm.progress import counted
 
-        task = self._need_task("evaluate")
+        task = self.need_task("evaluate")
         data = task.labelled_batches(path, batch_size=batch_size)
         self.model.eval()
         with torch.no_grad():
@@ -147,9 +149,9 @@ class Predictor:
     def generate(self, prompts, **options) -> list[str]:
         """The text each prompt continues with; options are GenerationConfig's fields."""
         from zerolm.generate import GenerationConfig, generate_texts
-        from zerolm.models import CausalLM
+        from zerolm.models import family
 
-        if not isinstance(self.model, CausalLM):
+        if family(self.model.config).objective != "clm" or not hasattr(self.model, "lm_head"):
             raise ConfigError(f"{self.source}: generation needs a causal LM (family gpt), this is a "
                               f"{type(self.model).__name__} ({self.model.config.family})")
         if self.tokenizer is None:
@@ -158,6 +160,12 @@ class Predictor:
         out = generate_texts(self.model, self.tokenizer, [prompts] if single else list(prompts),
                              GenerationConfig(**options))
         return out
+
+
+def is_hf_model_dir(directory: Path) -> bool:
+    from zerolm.convert.hf import is_hf_dir
+
+    return is_hf_dir(directory)
 
 
 def read_task_meta(directory: Path) -> dict | None:
@@ -182,18 +190,25 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Predict
     (its task and strategy replayed from task.json; the run directory itself means its
     best/), a local Hugging Face directory, or `python:PACKAGE`."""
     from zerolm.modeldir import MODEL_FILE, load_model_config, load_weights
-    from zerolm.models import CausalLM, build_model
+    from zerolm.models import build_model, family
     from zerolm.peft import replay_strategy
     from zerolm.tasks import CompletionTask, finetune_task
     from zerolm.tokenizers import Tokenizer
 
     directory = resolve_model_path(path)
-    if directory.is_dir() and not (directory / MODEL_FILE).exists() and (directory / "best").is_dir():
-        directory = directory / "best"  # a run directory: its best model
+    if directory.is_dir() and not (directory / MODEL_FILE).exists() and not is_hf_model_dir(directory):
+        # a run directory: its best model, else its final one
+        found = [d for d in (directory / "best", directory / "final") if (d / MODEL_FILE).exists()]
+        if not found and (directory / "checkpoints").is_dir():
+            raise CheckpointError(f"{path}: this run has no model yet (no best/ or final/); resume it "
+                                  "with --resume, or load one of its checkpoints/ directly")
+        if found:
+            directory = found[0]
     meta = read_task_meta(directory) if directory.is_dir() else None
     if meta is None:
         model, tok = load_model(directory, device)
-        task = CompletionTask(tok, max_length=model.config.max_seq_len) if isinstance(model, CausalLM) else None
+        clm = family(model.config).objective == "clm"
+        task = CompletionTask(tok, max_length=model.config.max_seq_len) if clm else None
         return Predictor(model, tok, task, {}, str(path))
     tok_dir = directory / "tokenizer"
     tok = Tokenizer.load(tok_dir) if tok_dir.exists() else None

@@ -15,7 +15,9 @@ uses neither.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -26,6 +28,8 @@ from torch import nn
 from zerolm.atomic import AtomicDir
 from zerolm.errors import CheckpointError
 from zerolm.models import ModelConfig, build_model
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
@@ -60,6 +64,7 @@ def load_weights(model: nn.Module, path: Path, strict: bool = True) -> None:
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
     own = model.state_dict()
+    sd = upgrade_state_dict(sd, set(own), str(path))
     for k, v in sd.items():
         if k in own and own[k].shape != v.shape:
             raise CheckpointError(f"{path}: shape mismatch for '{k}': file {tuple(v.shape)}, "
@@ -71,6 +76,43 @@ def load_weights(model: nn.Module, path: Path, strict: bool = True) -> None:
     if strict and (missing or unexpected):
         raise CheckpointError(f"{path}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                               f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+
+
+# weight names of zerolm before the one-body-interface layout (2026-11-29): the pretraining
+# models held the body at the top (GPT) or as `bert`, a soft prompt lived in the token
+# embedding and prefixes in each attention
+_LEGACY = [
+    (re.compile(r"^bert\."), "body."),
+    (re.compile(r"^(tok_emb|pos_emb|blocks|final_norm)\."), r"body.\1."),
+    (re.compile(r"(^|\.)tok_emb\.prompt$"), r"\1soft_prompt.weight"),
+    (re.compile(r"(^|\.)blocks\.(\d+)\.attn\.prefix_k$"), r"\1prefix_kv.keys.\2"),
+    (re.compile(r"(^|\.)blocks\.(\d+)\.attn\.prefix_v$"), r"\1prefix_kv.values.\2"),
+]
+
+
+def upgrade_state_dict(sd: dict[str, torch.Tensor], wanted: set[str], source: str = "weights"
+                       ) -> dict[str, torch.Tensor]:
+    """Weights saved by an earlier zerolm, renamed to today's module names (a warning says
+    so); weights already in today's names are returned as they are."""
+    if not set(sd) - wanted:
+        return sd
+    out: dict[str, torch.Tensor] = {}
+    renamed = 0
+    for k, v in sd.items():
+        new = k
+        if new not in wanted:
+            for pattern, repl in _LEGACY:
+                new = pattern.sub(repl, new)
+        if new != k:
+            renamed += 1
+        if new.endswith("lm_head.weight") and new not in wanted and new.startswith("body."):
+            renamed += 1  # a GPT task model of old kept the (tied) LM head inside its body: unused
+            continue
+        out[new] = v
+    if renamed:
+        log.warning("%s: weights saved by an earlier zerolm; %d names upgraded to the current "
+                    "layout (save the model again to keep them so)", source, renamed)
+    return out
 
 
 def _is_tied_alias(model: nn.Module, key: str, stored: set[str]) -> bool:

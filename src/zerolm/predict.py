@@ -24,13 +24,21 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output_path: str
     from zerolm.loading import load
 
     pred = predictor or load(model_dir, device=device)
-    task = pred._need_task("predict")
+    task = pred.need_task("predict")
     if max_length is not None:
-        task.max_length = min(max_length, task.max_length)
+        max_length = min(max_length, task.max_length)
     inputs, rows = task.read_inputs(input_path)
-    preds = pred.predict_batches(task.batches(inputs, batch_size=batch_size), progress=progress)
-    records = [{**row, **task.output_columns(p)} for row, p in zip(rows, preds)]
-    write_records(records, output_path, writer=getattr(task, "write_predictions", None))
+    data = task.batches(inputs, batch_size=batch_size, max_length=max_length)
+    preds = pred.predict_batches(data, progress=progress)
+    records = []
+    for row, p in zip(rows, preds):
+        new = task.output_columns(p)
+        clash = sorted(set(new) & set(row))
+        if clash:
+            raise ZeroLMError(f"{input_path}: the input already has column(s) {', '.join(clash)}, which "
+                              f"the predictions would overwrite; rename them in the input")
+        records.append({**row, **new})
+    write_records(records, output_path, writer=task.write_predictions)
     return records
 
 

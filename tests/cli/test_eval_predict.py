@@ -115,3 +115,17 @@ def test_load_a_pretrained_lm_generates_and_a_plain_encoder_explains_itself(tmp_
     enc.task = None
     with pytest.raises(ConfigError, match="no task head"):
         enc.predict(["x"])
+
+
+def test_predict_keeps_jsonl_values_as_they_were_and_refuses_to_overwrite_a_column(classifier, tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 7, "text": "a lovely film", "meta": {"a": [1, 2]}, "note": null}\n')
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(classifier / "best"), "--input", str(src), "--output", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["id"] == 7 and row["meta"] == {"a": [1, 2]} and row["note"] is None
+    assert row["pred_label"] in ("negative", "positive")
+    clash = tmp_path / "clash.tsv"
+    clash.write_text("text\tpred_label\na lovely film\tmine\n")
+    assert main(["predict", str(classifier / "best"), "--input", str(clash), "--output", str(out)]) == 2
+    assert "pred_label" in capsys.readouterr().err

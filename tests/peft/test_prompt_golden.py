@@ -104,3 +104,42 @@ def test_gpt_lm_logits_and_greedy_tokens_equal_those_before_the_redesign(golden,
     torch.testing.assert_close(torch.cat(parts, dim=1), golden[f"lm.{kind}.logits"], rtol=0, atol=1e-5)
     greedy = generate_ids(lm, prompt, GenerationConfig(max_new_tokens=8, greedy=True))
     assert torch.equal(greedy, golden[f"lm.{kind}.greedy"])
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+@pytest.mark.parametrize("kind", ["none", "prompt", "prefix"])
+def test_model_files_written_before_the_redesign_still_load(golden, family, kind, tmp_path, caplog):
+    """A fine-tuned model directory of an earlier zerolm loads as it is: its weight names
+    are upgraded on load (with a warning), and it predicts what it predicted then."""
+    from safetensors.torch import save_file
+
+    from zerolm.modeldir import load_weights
+
+    old = saved(golden, f"{family}.{kind}.sd.")
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in old.items()}, str(path))
+    torch.manual_seed(1)  # other weights than the fixture's: only loading can make them equal
+    model = SequenceClassifier(tiny(family), num_labels=3, dropout=0.0).eval()
+    if kind != "none":
+        apply_strategy(model, kind, prompt_length=P)
+    load_weights(model, path)  # strict
+    assert any("earlier zerolm" in r.getMessage() for r in caplog.records) == (
+        family == "gpt" or kind != "none")  # an old BERT classifier's names were already today's
+    with torch.no_grad():
+        logits = model(golden["ids"], attention_mask=golden["mask"])
+    torch.testing.assert_close(logits, golden[f"{family}.{kind}.logits"], rtol=0, atol=1e-6)
+
+
+def test_a_pretrained_lm_written_before_the_redesign_still_loads(golden, tmp_path):
+    from safetensors.torch import save_file
+
+    from zerolm.modeldir import load_weights
+
+    old = {k: v for k, v in saved(golden, "lm.prompt.sd.").items()}  # top-level tok_emb, blocks...
+    save_file({k: v.contiguous() for k, v in old.items()}, str(tmp_path / "w.safetensors"))
+    lm = tiny("gpt")
+    apply_strategy(lm, "prompt", prompt_length=P)
+    load_weights(lm, tmp_path / "w.safetensors")
+    with torch.no_grad():
+        logits = lm(golden["ids"][:1, :6])
+    torch.testing.assert_close(logits, golden["lm.prompt.logits"], rtol=0, atol=1e-6)

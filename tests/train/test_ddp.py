@@ -51,3 +51,35 @@ def test_two_processes_equal_one_with_accumulation(name, tmp_path):
     a, b = _losses(single.out_dir), _losses(tmp_path / "ddp")
     assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
     assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-5
+
+
+FT_SHRINK = ["model.dropout=0.0", "model.attn_dropout=0.0", "task.head_dropout=0.0", "train.max_steps=4",
+             "train.epochs=0", "train.batch_size=4", "train.log_every=1", "train.eval_every=0",
+             "train.threads=1", "train.progress=false", "schedule.warmup_steps=0"]
+FT_CASES = {
+    "tag with a CRF": ("configs/tiny/tag_ner.yaml", ["task.crf=true"]),
+    "classify with prompt tuning": ("configs/tiny/classify_reviews.yaml",
+                                    ["strategy.name=prompt", "strategy.prompt.length=4", "optim.lr=1e-2"]),
+}
+
+
+@pytest.mark.parametrize("name", list(FT_CASES))
+def test_fine_tuning_on_two_processes_equals_one_with_accumulation(name, tmp_path):
+    from zerolm.config import FinetuneConfig
+    from zerolm.train.finetune import finetune
+
+    config, extra = FT_CASES[name]
+    over = [*FT_SHRINK, *extra]
+    single, _ = finetune(load_config(REPO / config, [*over, f"out_dir={tmp_path / 'single'}", "train.grad_accum=2"],
+                                     cls=FinetuneConfig))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    tok = single.out_dir / "best" / "tokenizer"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "zerolm.cli.main", "finetune", str(REPO / config), *over, f"out_dir={tmp_path / 'ddp'}",
+           "train.grad_accum=1", f"tokenizer.path={tok}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _losses(single.out_dir), _losses(tmp_path / "ddp")
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
+    assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-5

@@ -25,7 +25,7 @@ def test_finetune_reviews_end_to_end(tmp_path, strategy):
     cm = saved["confusion_matrix"]
     assert sum(map(sum, cm)) == 90  # every dev example, once
     assert saved["accuracy"] == pytest.approx(sum(cm[i][i] for i in range(len(cm))) / 90)
-    assert (out / "confusion.png").stat().st_size > 1000 and json.loads((out / "task.json").read_text())["labels"] == ["negative", "positive"]
+    assert (out / "confusion.png").stat().st_size > 1000 and json.loads((out / "best" / "task.json").read_text())["labels"] == ["negative", "positive"]
     assert report["strategy"]["strategy"] == strategy
     if strategy == "lora":
         assert report["strategy"]["percent"] < 100

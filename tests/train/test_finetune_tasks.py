@@ -118,6 +118,9 @@ def test_compare_writes_a_table_and_resumes(tmp_path, capsys):
     assert main(args) == 0  # finished strategies are read back, not retrained
     assert (root / "head_only" / "eval.json").stat().st_mtime_ns == stamp
     assert "| bitfit |" in capsys.readouterr().out
+    # --force retrains into the used run directories (they are overwritten, not refused)
+    assert main([*args, "--force"]) == 0
+    assert (root / "head_only" / "eval.json").stat().st_mtime_ns != stamp
 
 
 def test_compare_rejects_overrides_for_strategies_not_compared():

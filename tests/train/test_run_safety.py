@@ -321,7 +321,7 @@ def test_a_crash_between_two_renames_is_repaired_by_the_next_reader(tmp_path):
         proc = subprocess.run([sys.executable, "-c", _CRASH, str(d)], env=_env())
         assert proc.returncode == 9 and not d.exists()  # the moment the fallback cannot avoid
     assert list_checkpoints(ck.parent) == [ck] and (ck / "a").read_text() == "old"
-    with open_run_dir(best.parent, resume=True, overwrite=False):
+    with open_run_dir(best.parent, resume=str(ck), overwrite=False):  # a resume from a given checkpoint
         assert (best / "a").read_text() == "old"
     assert _visible(ck.parent) == ["step-00000004"] and len(list(ck.parent.iterdir())) == 1
     recover_dir(best)  # nothing left to do: no error, nothing changed
@@ -425,3 +425,19 @@ def test_without_an_evaluation_final_is_written_even_when_not_kept(tmp_path):
     trainer.fit()
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_of_a_finished_run_without_checkpoints_refuses_instead_of_mixing(tmp_path):
+    """A finished fine-tune keeps best/ only: --resume must not start a new run on top of it."""
+    from zerolm.config import FinetuneConfig
+    from zerolm.errors import ZeroLMError
+    from zerolm.train.finetune import finetune
+
+    cfg = load_config(REPO / "configs/tiny/classify_reviews.yaml",
+                      [f"out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.progress=false"],
+                      cls=FinetuneConfig)
+    finetune(cfg)
+    before = _snapshot(tmp_path / "run")
+    with pytest.raises(ZeroLMError, match="nothing to resume.*finished at step 2.*--overwrite"):
+        finetune(cfg, resume=True)
+    assert _snapshot(tmp_path / "run") == before

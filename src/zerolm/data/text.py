@@ -6,6 +6,7 @@ import gzip
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from zerolm.errors import DataError
 
@@ -101,10 +102,11 @@ def is_table(path: str | os.PathLike) -> bool:
     return Path(name).suffix.lower() in (".tsv", ".csv", ".jsonl")
 
 
-def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, str]]]:
+def iter_rows(path: str | os.PathLike, *, raw: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line_number, row) of a table with a header: `.tsv` (split on tabs, no quoting),
     `.csv`, or `.jsonl` (one object per line), each optionally `.gz`. Rows with the wrong
-    number of fields raise DataError naming the file and line."""
+    number of fields raise DataError naming the file and line. JSONL values are strings
+    unless `raw`, which keeps them as the file has them (numbers, null, nested objects)."""
     p = Path(path)
     name = p.name[:-3] if p.name.endswith(".gz") else p.name
     suffix = Path(name).suffix.lower()
@@ -153,7 +155,7 @@ def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, str]]]:
                 raise DataError(f"{p}:{lineno}: invalid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{p}:{lineno}: expected a JSON object per line")
-            yield lineno, {k: str(v) for k, v in obj.items()}
+            yield lineno, obj if raw else {k: str(v) for k, v in obj.items()}
     else:
         raise DataError(f"{p}: unsupported table format (use .tsv, .csv or .jsonl, optionally .gz)")
 

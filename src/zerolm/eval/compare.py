@@ -82,7 +82,7 @@ def compare_strategies(config: str | Path, strategies: list[str], overrides: lis
         report_path = run_dir / "eval.json"
         if force or not report_path.exists():
             cmd = [sys.executable, "-m", "zerolm.cli.main", "finetune", str(config), *common, *per[s],
-                   f"strategy.name={s}", f"out_dir={run_dir}"]
+                   f"strategy.name={s}", f"out_dir={run_dir}", *_run_mode(run_dir, force)]
             log.info("compare: training %s (%s)", s, " ".join(cmd[3:]))
             done = subprocess.run(cmd, env=os.environ.copy())
             if done.returncode != 0:
@@ -99,6 +99,16 @@ def compare_strategies(config: str | Path, strategies: list[str], overrides: lis
                      "overrides": per[s], "out_dir": str(run_dir)})
     write_comparison(rows, root, title=f"{Path(config).name}")
     return rows
+
+
+def _run_mode(run_dir: Path, force: bool) -> list[str]:
+    """How a strategy's run starts: afresh when forced or after an unfinished run that kept
+    no checkpoint, resumed when an interrupted run left one, plainly in a new directory."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return []
+    if not force and any((run_dir / "checkpoints").glob("step-*")):
+        return ["--resume"]
+    return ["--overwrite"]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -165,5 +165,9 @@ class CausalLM(nn.Module):
             return self.lm_head(h)
         return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, labels.flatten(), IGNORE_INDEX)
 
+    def head(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (B, T, V) from the body's final states (B, T, D)."""
+        return self.lm_head(h)
+
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         return self.body.new_cache(batch, max_len)

@@ -10,10 +10,13 @@ Shape letters: B batch, T sequence length, D d_model, C classes (or tags).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zerolm.models import body_of
 from zerolm.models.crf import CRF
+
+IGNORE_INDEX = -100  # label of positions without a loss (other sub-tokens, special tokens, padding)
 
 
 class SequenceClassifier(nn.Module):
@@ -46,8 +49,13 @@ class SequenceClassifier(nn.Module):
     ) -> torch.Tensor:  # logits (B, C)
         h = self.body(input_ids, attention_mask=attention_mask,
                       token_type_ids=token_type_ids).last_hidden_state  # (B, T, D)
+        return self.head(h, attention_mask)
+
+    def head(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, C) from the body's final states (B, T, D): what forward adds to the body
+        (callers that also need the body's other outputs run the body themselves)."""
         if self.pooling == "mean":
-            m = (attention_mask if attention_mask is not None else torch.ones_like(input_ids))
+            m = (attention_mask if attention_mask is not None else torch.ones(h.shape[:2], device=h.device))
             m = m[:, :, None].to(h.dtype)  # (B, T, 1)
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
         else:
@@ -82,7 +90,68 @@ class TokenClassifier(nn.Module):
         input_ids: torch.Tensor,  # (B, T)
         attention_mask: torch.Tensor | None = None,  # (B, T)
         token_type_ids: torch.Tensor | None = None,  # (B, T)
-    ) -> torch.Tensor:  # per-token tag scores (B, T, C)
+        labels: torch.Tensor | None = None,  # (B, T) tag ids at first sub-tokens
+        word_ids: torch.Tensor | None = None,  # (B, T) word index of each token, -1 elsewhere
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Per-token tag scores (B, T, C); with `labels` and `word_ids`, also the mean loss
+        per word first: (loss, scores). The loss (the CRF's too) is computed here, inside
+        forward, so that data parallelism sees every parameter it uses."""
         h = self.body(input_ids, attention_mask=attention_mask,
                       token_type_ids=token_type_ids).last_hidden_state  # (B, T, D)
+        scores = self.head(h, attention_mask)
+        if labels is None:
+            return scores
+        if word_ids is None:
+            raise ValueError("a tagging loss needs word_ids beside labels")
+        total, n = word_loss_sum(scores.float(), labels, word_ids, self.crf)
+        return total / max(n, 1), scores
+
+    def head(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tag scores (B, T, C) from the body's final states (B, T, D)."""
         return self.classifier(self.dropout(h))
+
+
+def first_subtokens(word_ids: torch.Tensor) -> torch.Tensor:
+    """bool (B, T): the first token of each word, given each token's word index (-1 for
+    special tokens and padding)."""
+    prev = F.pad(word_ids[:, :-1], (1, 0), value=-1)  # (B, T): the word of the token before
+    return (word_ids >= 0) & (word_ids != prev)
+
+
+def pack_words(scores: torch.Tensor, word_ids: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather the first-sub-token rows of `scores` (B, T, C) into word-level sequences.
+
+    Returns (packed (B, W, C), mask (B, W), words (B, W), positions (B, W)): a row's
+    words come first, in order, then padding (mask False, words -1); `words` holds the
+    word index of each packed position and `positions` the token it came from.
+    """
+    first = first_subtokens(word_ids)  # (B, T)
+    counts = first.sum(1)  # (B,)
+    W = max(int(counts.max()), 1) if counts.numel() else 1
+    # a stable sort on "not first" moves the first sub-tokens to the front, in order
+    positions = torch.sort((~first).to(torch.uint8), dim=1, stable=True).indices[:, :W]  # (B, W)
+    mask = torch.arange(W, device=scores.device)[None] < counts[:, None]  # (B, W)
+    packed = scores.gather(1, positions[:, :, None].expand(-1, -1, scores.shape[-1]))  # (B, W, C)
+    words = word_ids.gather(1, positions).masked_fill(~mask, -1)  # (B, W)
+    return packed, mask, words, positions
+
+
+def word_loss_sum(scores: torch.Tensor, labels: torch.Tensor, word_ids: torch.Tensor,
+                  crf: CRF | None = None) -> tuple[torch.Tensor, int]:
+    """(summed loss, number of words it covers) of tag scores (B, T, C): cross-entropy at
+    each word's first sub-token, or with a CRF the negative log-likelihood of each
+    sentence's word-level tag sequence. `labels` (B, T) hold tag ids at first sub-tokens,
+    IGNORE_INDEX elsewhere."""
+    if crf is None:
+        loss = F.cross_entropy(scores.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="sum")
+        return loss, int((labels != IGNORE_INDEX).sum())
+    packed, mask, _, positions = pack_words(scores, word_ids)
+    tags = labels.gather(1, positions).masked_fill(~mask, 0)  # (B, W)
+    keep = mask[:, 0]  # sentences with at least one word that has a token
+    if not bool(keep.any()):
+        # zero, but through every CRF parameter: each one takes part in backward
+        return scores.sum() * 0.0 + sum(p.sum() for p in crf.parameters()) * 0.0, 0
+    nll = crf.nll(packed[keep], tags[keep], mask[keep])  # (B',)
+    return nll.sum(), int(mask.sum())

@@ -76,7 +76,6 @@ class SoftPrompt(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(init)  # (P, D)
         self.position = position
-        self._inserted = False  # did the running call insert the prompt? (a body never nests calls)
 
     @property
     def length(self) -> int:
@@ -133,13 +132,15 @@ def _prompt_pre_hook(body: Body, args: tuple, kwargs: dict):
     elif kwargs.get("position_ids") is not None:
         kwargs["position_ids"] = kwargs["position_ids"] + P
     kwargs["input_ids"], kwargs["inputs_embeds"] = None, x
-    sp._inserted = insert
     return args, kwargs
 
 
 def _prompt_hook(body: Body, args: tuple, kwargs: dict, out):
     sp: SoftPrompt = body.soft_prompt
-    if not sp._inserted:
+    # `kwargs` are the ones the pre-hook made: the prompt went in iff this call started its
+    # cache (which now holds exactly this call's positions) or ran without one
+    cache = kwargs.get("cache")
+    if cache is not None and cache.length != kwargs["inputs_embeds"].shape[1]:
         return out
     P, k = sp.length, sp.position
     out.last_hidden_state = _drop(out.last_hidden_state, k, P)

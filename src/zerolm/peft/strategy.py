@@ -21,6 +21,7 @@ import difflib
 import logging
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from zerolm.config import FreezeConfig, StrategyConfig, upgrade_strategy_keys
@@ -171,4 +172,7 @@ def replay_strategy(model: nn.Module, saved: dict) -> dict:
 
     tree = upgrade_strategy_keys(dict(saved or {"name": "full"}), "task.json strategy")
     settings = _build(StrategyConfig, tree, "strategy.")
-    return apply_strategy(model, settings.name, settings=settings, quiet=True)
+    # prompt and prefix init draw random numbers that the loaded weights replace: loading
+    # a model must not move the caller's random state
+    with torch.random.fork_rng(devices=[]):
+        return apply_strategy(model, settings.name, settings=settings, quiet=True)

@@ -36,6 +36,7 @@ class Objective(Protocol):
     """batch -> loss, and evaluation: what the training loop needs of a task."""
 
     name: str
+    loss_unit: str  # what the loss averages over, for the loss plot ("nats / token")
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         """Mean loss of the batch (a scalar with grad) and cheap metrics to log."""
@@ -72,7 +73,6 @@ class FinetuneTask(Objective, Protocol):
 
     name: ClassVar[str]  # the registry key (task.name in configs, "task" in task.json)
     metric: ClassVar[str]  # the headline metric of the report (compare tables, early stopping)
-    loss_unit: ClassVar[str]  # what the training loss averages over, for plots ("nats / word")
 
     @classmethod
     def setup(cls, cfg: Any, body: nn.Module, tokenizer: Any, *, max_length: int,
@@ -93,12 +93,24 @@ class FinetuneTask(Objective, Protocol):
         """A file's inputs (what `batches` takes) and its rows as they were (every column)."""
         ...
 
-    def batches(self, inputs: list[Any], *, batch_size: int) -> Batches:
-        """In-memory inputs (texts, word lists, prompts) as batches, longest first."""
+    def batches(self, inputs: list[Any], *, batch_size: int, max_length: int | None = None) -> Batches:
+        """In-memory inputs (texts, word lists, prompts) as batches, longest first (inputs
+        cut to `max_length` tokens, default the length the model was fine-tuned with)."""
         ...
 
-    def labelled_batches(self, path: str | Path, *, batch_size: int) -> Batches:
+    def labelled_batches(self, path: str | Path, *, batch_size: int, max_length: int | None = None) -> Batches:
         """A labelled file (in the training format) as batches for `evaluate`."""
+        ...
+
+    def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
+        """The record `predict` returns for in-memory input `x` (e.g. tagging adds words
+        and entities with character offsets)."""
+        ...
+
+    @staticmethod
+    def write_predictions(records: list[dict[str, Any]], path: Path) -> str | None:
+        """The text of a predictions file in the task's own format (CoNLL for tagging), or
+        None for the generic TSV / JSONL writer."""
         ...
 
     def output_columns(self, prediction: dict[str, Any]) -> dict[str, Any]:

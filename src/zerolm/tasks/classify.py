@@ -115,6 +115,7 @@ class ClassificationTask:
             if self.text_column not in x:
                 raise DataError(f"{where}: no {self.text_column!r} in {sorted(x)}")
             text, pair = x[self.text_column], x.get(self.pair_column) if self.pair_column else None
+            text = "" if text is None else text
         else:
             raise DataError(f"{where}: a classification input is a text, a (text, pair) tuple or a "
                             f"row dict, got {type(x).__name__}")
@@ -130,7 +131,7 @@ class ClassificationTask:
         p = resolve_data_path(path)
         inputs, rows = [], []
         if is_table(p):
-            for lineno, row in iter_rows(p):
+            for lineno, row in iter_rows(p, raw=True):
                 for col in (self.text_column, self.pair_column):
                     if col is not None and col not in row:
                         raise DataError(f"{p}:{lineno}: no column {col!r} (columns: {', '.join(row)})")
@@ -148,17 +149,24 @@ class ClassificationTask:
             raise DataError(f"{p}: no inputs")
         return inputs, rows
 
-    def batches(self, inputs, *, batch_size: int):
+    def batches(self, inputs, *, batch_size: int, max_length: int | None = None):
         ex = [x if isinstance(x, Example) else self._example(x, f"input {i}") for i, x in enumerate(inputs)]
-        return ClassificationBatches(ex, [0] * len(ex), self.tokenizer, max_length=self.max_length,
+        return ClassificationBatches(ex, [0] * len(ex), self.tokenizer, max_length=max_length or self.max_length,
                                      batch_size=batch_size, seed=0)
 
-    def labelled_batches(self, path, *, batch_size: int):
+    def labelled_batches(self, path, *, batch_size: int, max_length: int | None = None):
         ex = read_examples(path, text_column=self.text_column, pair_column=self.pair_column,
                            label_column=self.label_column)
         y = LabelSet(self.label_names).encode(ex)
-        return ClassificationBatches(ex, y, self.tokenizer, max_length=self.max_length, batch_size=batch_size,
-                                     seed=0)
+        return ClassificationBatches(ex, y, self.tokenizer, max_length=max_length or self.max_length,
+                                     batch_size=batch_size, seed=0)
+
+    def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
+        return prediction
+
+    @staticmethod
+    def write_predictions(records: list[dict], path: Path) -> str | None:
+        return None  # the generic TSV / JSONL writer
 
     def output_columns(self, prediction: dict) -> dict:
         return {"pred_label": prediction["label"],

@@ -75,10 +75,10 @@ class CompletionTask(CausalLMTask):
         col = self.prompt_column
         prompts, rows = [], []
         if is_table(p):
-            for lineno, row in iter_rows(p):
+            for lineno, row in iter_rows(p, raw=True):
                 if col not in row:
                     raise DataError(f"{p}:{lineno}: no field {col!r} (fields: {', '.join(row)})")
-                prompts.append(row[col])
+                prompts.append("" if row[col] is None else str(row[col]))
                 rows.append(dict(row))
         else:
             for _, line in iter_lines(p):
@@ -89,18 +89,26 @@ class CompletionTask(CausalLMTask):
             raise DataError(f"{p}: no prompts")
         return prompts, rows
 
-    def batches(self, inputs, *, batch_size: int):
+    def batches(self, inputs, *, batch_size: int, max_length: int | None = None):
         bad = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
         if bad:
             raise DataError(f"input {bad[0]}: a completion input is a prompt text, got "
                             f"{type(inputs[bad[0]]).__name__}")
-        return PromptBatches(list(inputs), self.tokenizer, max_length=self.max_length, batch_size=batch_size)
+        return PromptBatches(list(inputs), self.tokenizer, max_length=max_length or self.max_length,
+                             batch_size=batch_size)
 
-    def labelled_batches(self, path, *, batch_size: int):
+    def labelled_batches(self, path, *, batch_size: int, max_length: int | None = None):
         ex = read_prompt_completions(path, prompt_column=self.prompt_column,
                                      completion_column=self.completion_column)
-        return PromptCompletionBatches(ex, self.tokenizer, max_length=self.max_length, batch_size=batch_size,
-                                       seed=0)
+        return PromptCompletionBatches(ex, self.tokenizer, max_length=max_length or self.max_length,
+                                       batch_size=batch_size, seed=0)
+
+    def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
+        return prediction
+
+    @staticmethod
+    def write_predictions(records: list[dict], path: Path) -> str | None:
+        return None  # the generic TSV / JSONL writer
 
     def output_columns(self, prediction: dict) -> dict:
         return {"pred_completion": prediction["completion"]}
@@ -115,9 +123,9 @@ class CompletionTask(CausalLMTask):
 
 
 def _lm(model):
-    from zerolm.models import CausalLM
+    from zerolm.models import family
 
-    if not isinstance(model, CausalLM):
+    if family(model.config).objective != "clm":
         raise DataError(f"task.name 'clm' needs a causal LM (a GPT with its LM head), got "
                         f"{type(model).__name__}; start from a zerolm GPT or a Hugging Face GPT-2 directory")
     return model

@@ -25,41 +25,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from zerolm.data.conll import Sentence, TaggingBatches, is_conll, read_conll, tag_names
 from zerolm.data.masking import IGNORE_INDEX
 from zerolm.errors import DataError
 from zerolm.eval.entities import entities, entity_report, format_entity_report
+from zerolm.models.heads import first_subtokens, pack_words, word_loss_sum  # noqa: F401  (re-exported)
 from zerolm.tasks.base import FinetuneSetup, device_of, to_device
 
-__all__ = ["TaggingTask", "first_subtokens", "pack_words", "spans"]
-
-
-def first_subtokens(word_ids: torch.Tensor) -> torch.Tensor:
-    """bool (B, T): the first token of each word, given each token's word index (-1 for
-    special tokens and padding)."""
-    prev = F.pad(word_ids[:, :-1], (1, 0), value=-1)  # (B, T): the word of the token before
-    return (word_ids >= 0) & (word_ids != prev)
-
-
-def pack_words(scores: torch.Tensor, word_ids: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gather the first-sub-token rows of `scores` (B, T, C) into word-level sequences.
-
-    Returns (packed (B, W, C), mask (B, W), words (B, W), positions (B, W)): a row's
-    words come first, in order, then padding (mask False, words -1); `words` holds the
-    word index of each packed position and `positions` the token it came from.
-    """
-    first = first_subtokens(word_ids)  # (B, T)
-    counts = first.sum(1)  # (B,)
-    W = max(int(counts.max()), 1) if counts.numel() else 1
-    # a stable sort on "not first" moves the first sub-tokens to the front, in order
-    positions = torch.sort((~first).to(torch.uint8), dim=1, stable=True).indices[:, :W]  # (B, W)
-    mask = torch.arange(W, device=scores.device)[None] < counts[:, None]  # (B, W)
-    packed = scores.gather(1, positions[:, :, None].expand(-1, -1, scores.shape[-1]))  # (B, W, C)
-    words = word_ids.gather(1, positions).masked_fill(~mask, -1)  # (B, W)
-    return packed, mask, words, positions
+__all__ = ["TaggingTask", "first_subtokens", "pack_words", "spans"]  # the two helpers live in models.heads
 
 
 def _crf(model):
@@ -86,31 +60,18 @@ class TaggingTask:
         return model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
                      token_type_ids=batch.get("token_type_ids")).float()  # (B, T, C)
 
-    def _loss_sum(self, model, scores: torch.Tensor, batch) -> tuple[torch.Tensor, int]:
-        """(summed loss, number of words it covers) of a batch."""
-        crf = _crf(model)
-        if crf is None:
-            labels = batch["labels"]  # (B, T): tag ids at first sub-tokens only
-            loss = F.cross_entropy(scores.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
-                                   reduction="sum")
-            return loss, int((labels != IGNORE_INDEX).sum())
-        packed, mask, _, positions = pack_words(scores, batch["word_ids"])
-        tags = batch["labels"].gather(1, positions).masked_fill(~mask, 0)  # (B, W)
-        keep = mask[:, 0]  # sentences with at least one word that has a token
-        if not bool(keep.any()):
-            return scores.sum() * 0.0, 0
-        nll = crf.nll(packed[keep], tags[keep], mask[keep])  # (B',)
-        return nll.sum(), int(mask.sum())
-
     def loss(self, model, batch):
-        scores = self._scores(model, batch)
-        total, n = self._loss_sum(model, scores, batch)
+        # the CRF's loss runs inside the (possibly DDP-wrapped) model's forward: data
+        # parallelism only sees parameters used there
+        loss, scores = model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                             token_type_ids=batch.get("token_type_ids"), labels=batch["labels"],
+                             word_ids=batch["word_ids"])
         metrics = {}
         if _crf(model) is None:  # the argmax is the prediction only without a CRF
             labelled = batch["labels"] != IGNORE_INDEX
             hits = (scores.argmax(-1) == batch["labels"]) & labelled
             metrics["accuracy"] = (hits.sum() / labelled.sum().clamp(min=1)).detach()
-        return total / max(n, 1), metrics
+        return loss, metrics
 
     def _word_tags(self, model, scores: torch.Tensor, batch) -> list[list[int]]:
         """Predicted tag ids of every word of each sentence (O where no token stands for a
@@ -141,7 +102,7 @@ class TaggingTask:
         for batch in batches:
             batch = to_device(batch, device)
             scores = self._scores(model, batch)
-            s, n = self._loss_sum(model, scores, batch)
+            s, n = word_loss_sum(scores, batch["labels"], batch["word_ids"], _crf(model))
             loss_sum, n_loss = loss_sum + float(s), n_loss + n
             for pred, gold, n_words in zip(self._word_tags(model, scores, batch),
                                            batch["word_labels"].tolist(), batch["n_words"].tolist()):
@@ -218,7 +179,7 @@ class TaggingTask:
             raise DataError(f"{p}: no sentences")
         return [Sentence(s.words, None, s.source, s.lines) for s in sentences], rows
 
-    def batches(self, inputs, *, batch_size: int):
+    def batches(self, inputs, *, batch_size: int, max_length: int | None = None):
         sentences = []
         for i, x in enumerate(inputs):
             if isinstance(x, Sentence):
@@ -230,14 +191,20 @@ class TaggingTask:
             else:
                 raise DataError(f"input {i}: a tagging input is a text or a list of words, got "
                                 f"{type(x).__name__}")
-        return TaggingBatches(sentences, self.label_names, self.tokenizer, max_length=self.max_length,
-                              batch_size=batch_size, seed=0)
+        return TaggingBatches(sentences, self.label_names, self.tokenizer,
+                              max_length=max_length or self.max_length, batch_size=batch_size, seed=0)
 
-    def labelled_batches(self, path, *, batch_size: int):
-        sentences = read_conll(path, token_column=self.token_column, tag_column=self.tag_column,
+    def labelled_batches(self, path, *, batch_size: int, max_length: int | None = None):
+        from zerolm.data.text import resolve_data_path
+
+        p = resolve_data_path(path)
+        if not is_conll(p) or not _has_tag_column(p, self.token_column):
+            raise DataError(f"{p}: no gold tags (a CoNLL file with a tag column is needed to score "
+                            "a tagger); for untagged text use `zerolm predict`")
+        sentences = read_conll(p, token_column=self.token_column, tag_column=self.tag_column,
                                scheme=self.scheme)
-        return TaggingBatches(sentences, self.label_names, self.tokenizer, max_length=self.max_length,
-                              batch_size=batch_size, seed=0)
+        return TaggingBatches(sentences, self.label_names, self.tokenizer,
+                              max_length=max_length or self.max_length, batch_size=batch_size, seed=0)
 
     def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
         """An in-memory prediction with its words and entities (character offsets into the

@@ -129,9 +129,6 @@ def _finetune(cfg: FinetuneConfig, device, resume, apply_strategy) -> tuple[Trai
     trainer = Trainer(st.model, st.task, st.train_data, val_data=st.dev_data, train=tr, optim=cfg.optim,
                       schedule=cfg.schedule, out_dir=out, config_text=dump_config(cfg), tokenizer=tok,
                       device=device, extra_files={TASK_FILE: json.dumps(meta, indent=2)})
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / TASK_FILE, json.dumps(meta, indent=2))
     if resume:
         trainer.resume(None if resume is True else resume)
     peak0 = _peak_rss_mb()
@@ -148,11 +145,11 @@ def _finetune(cfg: FinetuneConfig, device, resume, apply_strategy) -> tuple[Trai
         else:
             with torch.no_grad():
                 report = st.task.evaluate(st.model, st.dev_data.eval_batches())
-        train_s = getattr(result, "train_s", result.wall_s)
+        train_s = result.train_s or result.wall_s
         report.update(task=cfg.task.name, metric=task_cls.metric, strategy=summary,
                       truncated_train=st.truncated, steps=result.step, planned_steps=tr.max_steps,
                       wall_s=result.wall_s,
-                      train_s=train_s, interrupted=getattr(result, "interrupted", False),
+                      train_s=train_s, interrupted=result.interrupted,
                       samples_per_s=result.step * tr.batch_size * micro / max(train_s, 1e-9),
                       peak_rss_mb=max(peak0, _peak_rss_mb()))
         atomic_write_text(out / "eval.json", json.dumps(report, indent=2))

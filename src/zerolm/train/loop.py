@@ -512,7 +512,7 @@ class Trainer:
 
         try:
             plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png",
-                            loss_unit=getattr(self.task, "loss_unit", "nats / token"))
+                            loss_unit=self.task.loss_unit)
         except Exception as e:  # a plot must never cost the run
             log.warning("could not draw the loss curve: %s", e)
 

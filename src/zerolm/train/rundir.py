@@ -33,6 +33,7 @@ from typing import Literal
 from zerolm.atomic import recover_all
 from zerolm.errors import ConfigError, ZeroLMError
 from zerolm.train import dist
+from zerolm.train.checkpoint import list_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def open_run_dir(out_dir: str | os.PathLike, *, resume: bool | str, overwrite: b
     error: Exception | None = None
     if dist.is_main():
         try:
-            _open(run, resume=bool(resume), overwrite=overwrite)
+            _open(run, resume=resume, overwrite=overwrite)
         except Exception as e:
             if not dist.is_distributed():
                 raise
@@ -93,7 +94,7 @@ def open_run_dir(out_dir: str | os.PathLike, *, resume: bool | str, overwrite: b
     return run
 
 
-def _open(run: RunDir, *, resume: bool, overwrite: bool) -> None:
+def _open(run: RunDir, *, resume: bool | str, overwrite: bool) -> None:
     path = run.path
     if path.exists() and not path.is_dir():
         raise ZeroLMError(f"out_dir {path} is a file, not a directory: choose another out_dir")
@@ -102,7 +103,15 @@ def _open(run: RunDir, *, resume: bool, overwrite: bool) -> None:
     try:
         recover_all(path)  # put back best/ or final/ if a crash fell inside their replacement
         used = _entries(path)
-        if not used or resume:
+        if not used:
+            return
+        if resume:
+            if resume is True and not list_checkpoints(path / "checkpoints"):
+                state = read_run_state(path)
+                what = f"its run {state['status']} at step {state['step']}" if state else "it"
+                raise ZeroLMError(f"{path}: nothing to resume: {what} kept no resumable checkpoint "
+                                  f"(finished fine-tunes keep best/ only). Pass --overwrite to start "
+                                  f"again there, or choose another out_dir")
             return
         if not overwrite:
             raise ZeroLMError(f"{path} already holds a run ({_names(used)}): pass --resume to "
