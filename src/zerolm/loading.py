@@ -188,7 +188,13 @@ def read_task_meta(directory: Path) -> dict | None:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
     """Load a model for use: a zerolm model directory, a fine-tuned run's best/ or final/
     (its task and strategy replayed from task.json; the run directory itself means its
-    best/), a local Hugging Face directory, or `python:PACKAGE`."""
+    best/), a local Hugging Face directory, or `python:PACKAGE`. The caller's random state
+    is left as it was (building a model draws initial weights the loaded ones replace)."""
+    with torch.random.fork_rng(devices=[]):
+        return _load(path, device)
+
+
+def _load(path: str | os.PathLike, device: str | torch.device) -> Predictor:
     from zerolm.modeldir import MODEL_FILE, load_model_config, load_weights
     from zerolm.models import build_model, family
     from zerolm.peft import replay_strategy

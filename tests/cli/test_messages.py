@@ -64,3 +64,48 @@ def test_a_bias_free_model_exports_to_hf_without_missing_weights(tmp_path):
             theirs = hf.eval()(ids).logits
             mine = ours(ids) if family == "gpt" else ours(ids).mlm_logits
         assert (theirs - mine).abs().max() <= 1e-5
+
+
+def test_quickstart_reruns_over_itself_but_never_over_another_run(tmp_path, capsys):
+    q = tmp_path / "q"
+    args = ["quickstart", "--out", str(q), "train.max_steps=2", "train.eval_every=2"]
+    assert main(args) == 0 and main(args) == 0  # `make demo` twice
+    other = tmp_path / "other"
+    assert main(["pretrain", str(REPO / "configs/tiny/gpt_char.yaml"), f"out_dir={other}",
+                 "train.max_steps=2"]) == 0
+    before = sorted(p.name for p in other.iterdir())
+    capsys.readouterr()
+    assert main(["quickstart", "--out", str(other), "train.max_steps=2"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == before
+
+
+def test_eval_of_an_untagged_file_says_it_needs_gold_tags(tmp_path, capsys):
+    from zerolm.config import FinetuneConfig, load_config
+    from zerolm.train.finetune import finetune
+
+    cfg = load_config(REPO / "configs/tiny/tag_ner.yaml", [f"out_dir={tmp_path / 'run'}", "train.max_steps=2",
+                                                           "train.epochs=0"], cls=FinetuneConfig)
+    finetune(cfg)
+    plain = tmp_path / "sentences.txt"
+    plain.write_text("Ada Lovelace visited London\n")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--input", str(plain)]) == 2
+    err = capsys.readouterr().err
+    assert "no gold tags" in err and "zerolm predict" in err
+
+
+def test_loading_a_prompt_tuned_model_leaves_the_random_state_alone(tmp_path):
+    import zerolm
+    from zerolm.config import FinetuneConfig, load_config
+    from zerolm.train.finetune import finetune
+
+    cfg = load_config(REPO / "configs/tiny/classify_reviews.yaml",
+                      [f"out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.epochs=0", "strategy.name=prefix",
+                       "strategy.prefix.length=3"], cls=FinetuneConfig)
+    finetune(cfg)
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    zerolm.load(tmp_path / "run")
+    assert torch.equal(torch.rand(3), want)

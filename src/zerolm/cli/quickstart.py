@@ -22,6 +22,24 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _is_quickstart_run(out: Path, cfg) -> bool:
+    """True when `out` holds an earlier quickstart (its saved config has the quickstart's
+    tokenizer and data), which may be replaced without asking."""
+    import dataclasses
+
+    import yaml
+
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return False
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return False
+    new = dataclasses.asdict(cfg)
+    return all(old.get(k) == new[k] for k in ("tokenizer", "data"))  # model: vocab set by the tokenizer
+
+
 def run(args) -> int:
     from zerolm.config import load_config
     from zerolm.generate import GenerationConfig, generate_text
@@ -33,8 +51,9 @@ def run(args) -> int:
     out = Path(cfg.out_dir)
     print(f"zerolm quickstart: training a {cfg.tokenizer.kind.upper()} tokenizer and a "
           f"{cfg.model.n_layers}-layer GPT on the shipped corpus ({cfg.train.max_steps} steps)")
-    # always fresh: an earlier quickstart's outputs are replaced, anything else there is refused
-    result = pretrain(cfg, overwrite=True)
+    # `make demo` can be run again: an earlier quickstart's outputs are replaced, but a
+    # directory holding any other run is refused (the run-directory rules apply)
+    result = pretrain(cfg, overwrite=_is_quickstart_run(out, cfg))
     chosen = out / "best" if (out / "best").exists() else out / "final"  # lowest validation loss
     model, tok = load_model(chosen)
     prompt = "The river"
