@@ -10,6 +10,7 @@ import torch
 
 from zerolm.models import body_of
 from zerolm.models.body import input_room
+from zerolm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def _encoder(model):
 
 @torch.no_grad()
 def embed_texts(model, tokenizer, texts: list[str], *, batch_size: int = 32, pooling: str = "mean",
-                normalize: bool = True, max_length: int | None = None, progress: bool = False) -> np.ndarray:
+                normalize: bool = True, max_length: int | None = None, progress: bool | None = False) -> np.ndarray:
     """(N, D) float32 embeddings of `texts`, in the order given."""
     if pooling not in ("mean", "cls"):
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
@@ -35,11 +36,8 @@ def embed_texts(model, tokenizer, texts: list[str], *, batch_size: int = 32, poo
     order = np.argsort([len(e) for e in enc], kind="stable")[::-1]  # longest first: OOM shows early
     forward = _encoder(model)
     out = np.zeros((len(texts), model.config.d_model), dtype=np.float32)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(texts), unit="sent", desc="embedding")
+    # progress None: a bar on a terminal, else a log line every ~10 s; False: silent
+    bar = progress_bar(len(texts), "embedding", unit="text", enabled=progress)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         b = tokenizer.pad([enc[i] for i in idx], token_type_ids=[[0] * len(enc[i]) for i in idx])
@@ -53,10 +51,8 @@ def embed_texts(model, tokenizer, texts: list[str], *, batch_size: int = 32, poo
         if normalize:
             v = torch.nn.functional.normalize(v, p=2, dim=-1)
         out[idx] = v.cpu().numpy()
-        if bar is not None:
-            bar.update(len(idx))
-    if bar is not None:
-        bar.close()
+        bar.update(len(idx))
+    bar.close()
     return out
 
 

@@ -18,15 +18,26 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from zerolm.convert.hf import export_hf, load_hf
-    from zerolm.loading import load_model
+    from pathlib import Path
+
+    from zerolm.convert.hf import export_hf, load_hf, untrained_heads
+    from zerolm.errors import ZeroLMError
+    from zerolm.loading import load_model, read_task_meta, resolve_model_path
     from zerolm.modeldir import save_model
 
     if args.src_format == "hf":
         model, tok = load_hf(args.src)
         save_model(model, args.dst, tokenizer=tok)
         what = "zerolm"
+        for head in untrained_heads(args.src):
+            print(f"note: {args.src} has no {head}; the converted model's is freshly initialised "
+                  "(fine for fine-tuning; pretrain it before using its predictions)")
     else:
+        src = resolve_model_path(args.src)
+        if src.is_dir() and read_task_meta(Path(src)) is not None:
+            raise ZeroLMError(f"{args.src} is a fine-tuned model (task.json): Hugging Face export "
+                              "covers pretraining models (BERT masked LM, GPT-2 LM), not task heads; "
+                              "use it with zerolm (predict, eval, zerolm.load)")
         model, tok = load_model(args.src)
         export_hf(model, args.dst, tokenizer=tok)
         what = "Hugging Face"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from zerolm.cli.main import add_verb
 
 
@@ -57,7 +55,7 @@ def run_embed(args) -> int:
     texts = _read(args.input, args.text_column)
     vecs = embed_texts(model, tok, texts, batch_size=args.batch_size, pooling=args.pooling,
                        normalize=not args.no_normalize, max_length=args.max_length,
-                       progress=sys.stderr.isatty())
+                       progress=None)
     out = Path(args.output)
     buf = io.BytesIO()
     np.save(buf, vecs)
@@ -83,7 +81,7 @@ def run_similar(args) -> int:
     model, tok = _load(args)
     corpus = _read(args.corpus, args.text_column)
     kw = dict(batch_size=args.batch_size, pooling=args.pooling, normalize=True, max_length=args.max_length)
-    cvecs = embed_texts(model, tok, corpus, progress=sys.stderr.isatty(), **kw)
+    cvecs = embed_texts(model, tok, corpus, progress=None, **kw)
     qvecs = embed_texts(model, tok, args.query, **kw)
     for q, qv in zip(args.query, qvecs):
         print(f"query: {q}")

@@ -8,6 +8,7 @@ dev; a language model gets perplexity (causal LM) or masked-LM accuracy (BERT) o
 from __future__ import annotations
 
 import json
+import sys
 
 from zerolm.cli.main import add_verb
 
@@ -96,6 +97,12 @@ def _run_lm(args, pred) -> int:
     model, tok = pred.model, pred.tokenizer
     if tok is None:
         raise ZeroLMError(f"{args.model}: no tokenizer/ directory beside the weights")
+    from zerolm.convert.hf import untrained_heads
+    from zerolm.loading import resolve_model_path
+
+    for head in untrained_heads(resolve_model_path(args.model)):
+        print(f"warning: {args.model} has no {head}: the figures below come from a randomly "
+              "initialised one", file=sys.stderr)
     block = args.block_size or model.config.max_seq_len
     bs = args.batch_size or 16
     corpus = load_corpus(args.input, tok, keep_line_ends=tok.kind != "wordpiece")

@@ -73,11 +73,7 @@ def resume_arg(args: argparse.Namespace) -> bool | str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    _setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except ZeroLMError as e:
@@ -86,6 +82,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"zerolm {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+class _BarSafeHandler(logging.StreamHandler):
+    """Log lines to stderr through tqdm, so a line never lands glued to a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def _setup_logging(verbose: bool) -> None:
+    import os
+
+    level = logging.DEBUG if verbose else logging.INFO
+    if int(os.environ.get("RANK", "0")) > 0 and not verbose:
+        level = logging.WARNING  # under torchrun, rank 0 tells the story once
+    handler = _BarSafeHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def add_verb(sub, name: str, help: str, example: str, description: str | None = None):

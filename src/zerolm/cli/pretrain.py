@@ -34,9 +34,12 @@ def run(args) -> int:
                   f"a resumable checkpoint was saved: continue with --resume")
             if ev:
                 print(f"last validation before the interruption (not a final result): {ev}")
+        elif result.train_s == 0 and result.step >= cfg.train.max_steps:
+            print(f"the run had already finished at step {result.step}: nothing to train (raise "
+                  "train.max_steps to train on)")
         else:
-            print(f"trained {result.step} steps in {result.wall_s:.1f} s ({result.tokens:,} tokens)"
-                  + (" - stopped early" if result.stopped_early else ""))
+            print(f"trained to step {result.step} in {result.wall_s:.1f} s ({result.tokens:,} tokens "
+                  "seen in all)" + (" - stopped early" if result.stopped_early else ""))
             if ev:
                 print(f"validation: {ev}")
         print(f"model: {result.out_dir / 'final'}   metrics: {result.out_dir / 'metrics.jsonl'}   "

@@ -294,6 +294,28 @@ def load_hf(directory: str | os.PathLike, device: str | torch.device = "cpu"):
     return model.to(device).eval(), tok
 
 
+def untrained_heads(directory: str | os.PathLike) -> list[str]:
+    """The pretraining heads a local HF directory has no weights for (a sentence-embedding
+    checkpoint such as all-MiniLM-L6-v2 ships the encoder alone): loading it gives them
+    fresh random weights, fine for fine-tuning, meaningless for masked-LM predictions."""
+    directory = Path(directory)
+    try:
+        cfg = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    if cfg.get("model_type") != "bert":
+        return []  # GPT-2's LM head is the (always present) token embedding
+    names: set[str] = set()
+    for f in sorted(directory.glob("*.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as fh:
+            names |= set(fh.keys())
+    if not names:
+        return []
+    return [] if any(n.startswith("cls.predictions.") for n in names) else ["masked-LM head"]
+
+
 def export_hf(model, directory: str | os.PathLike, tokenizer=None) -> Path:
     """Write `model` as a Hugging Face directory (config.json + model.safetensors + tokenizer)."""
     from zerolm.atomic import AtomicDir

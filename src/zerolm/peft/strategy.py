@@ -160,8 +160,8 @@ def apply_strategy(model: nn.Module, strategy, *, head_names: Sequence[str] = HE
         raise ValueError(f"strategy {strategy.name!r} leaves no parameter to train: no module named "
                          f"{list(head_names)} owns an untied parameter; pass head_names= the "
                          "model's head, or untie it from the embedding")
-    log.log(logging.DEBUG if quiet else logging.INFO, "fine-tuning strategy %s: %d of %d parameters train "
-            "(%.2f%%)", strategy.name, summary["trainable"], summary["total"], summary["percent"])
+    log.log(logging.DEBUG if quiet else logging.INFO, "fine-tuning strategy %s: %s of %s parameters train "
+            "(%.3g%%)", strategy.name, f"{summary['trainable']:,}", f"{summary['total']:,}", summary["percent"])
     return summary
 
 

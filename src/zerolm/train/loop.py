@@ -340,8 +340,8 @@ class Trainer:
         parts = [f"step {self.step}/{self.cfg.max_steps}"]
         if "loss" in row:
             parts.append(f"loss {row['loss']:.4f}")
-        parts += [f"{k} {v:.4f}" for k, v in row.items()
-                  if k.startswith("val_") and isinstance(v, float)]
+        parts += [f"{k} {v:,.0f}" if float(v).is_integer() and abs(v) >= 10 else f"{k} {v:.4f}"
+                  for k, v in row.items() if k.startswith("val_") and isinstance(v, (int, float))]
         if "tokens_per_s" in row:
             parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
         parts.append(f"eta {_fmt_time(eta)}")
@@ -429,7 +429,8 @@ class Trainer:
                      "tokens": self.tokens_seen, "wall_s": wall, "train_s": self.train_s}
             atomic_write_text(self.out_dir / RUN_STATE, json.dumps(state, indent=2) + "\n")
             kept = [f"{d.name}/ {format_size(disk_usage(d))}" for d in (best, final) if d.is_dir()]
-            kept.append(f"checkpoints/ {format_size(disk_usage(self.checkpoint_dir))}")
+            if self.checkpoint_dir.is_dir():
+                kept.append(f"checkpoints/ {format_size(disk_usage(self.checkpoint_dir))}")
             log.info("%s at step %d; kept in %s: %s; total %s", status.replace("_", " "), self.step,
                      self.out_dir, ", ".join(kept), format_size(disk_usage(self.out_dir)))
         dist.barrier()
