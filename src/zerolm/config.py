@@ -454,6 +454,66 @@ def check_writable_dir(path: str | os.PathLike, key: str = "out_dir") -> Path:
     return p
 
 
+@dataclass
+class StudentConfig:
+    n_layers: int = 0  # blocks of the student; 0: the teacher's
+    d_model: int = 0  # width; 0: the teacher's (a narrower student cannot copy teacher weights)
+    n_heads: int = 0  # attention heads; 0: the teacher's (attention / minilm losses need the same)
+    d_ff: int = 0  # feed-forward width; 0: the teacher's
+    init: str = "teacher_layers"  # teacher_layers | bottom | random | a model directory to start from
+    layers: list[int] = field(default_factory=list)  # teacher_layers: which teacher blocks (default evenly spaced)
+
+
+@dataclass
+class DistillLossConfig:
+    hard: float = 1.0  # weight of the task's loss on the labels
+    soft: float = 1.0  # weight of the teacher's outputs as soft targets
+    temperature: float = 2.0  # softens both distributions; the soft loss is scaled by T^2
+    divergence: Literal["kl", "reverse_kl", "js"] = "kl"  # soft-target divergence
+    embedding: float = 0.0  # weight of TinyBERT's embedding-output MSE
+    hidden: float = 0.0  # weight of TinyBERT's hidden-state MSE (projected when widths differ)
+    attention: float = 0.0  # weight of TinyBERT's attention-map MSE
+    minilm: float = 0.0  # weight of MiniLM's last-layer attention + value-relation KL
+    layer_map: str | list[int] = "uniform"  # teacher layer of each student layer: uniform, last, or a list
+
+
+@dataclass
+class DistillConfig:
+    out_dir: str = "runs/distill"  # where the student, metrics and reports go
+    teacher: str = ""  # a fine-tuned run (or its best/), a zerolm or Hugging Face causal LM: what zerolm.load takes
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillLossConfig = field(default_factory=DistillLossConfig)
+    # labelled files in the teacher's training format (a causal-LM teacher: text files);
+    # data.max_length: tokens per input (causal LM: per training window)
+    data: LabelledDataConfig = field(default_factory=LabelledDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="linear", warmup_steps=0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=0, batch_size=32, eval_every=0, save_every=0, keep_final=False,
+        keep_checkpoints_when_done=False, early_stopping=EarlyStoppingConfig("val_loss", "min", 0)))
+
+    def validate(self) -> DistillConfig:
+        if not self.teacher:
+            raise ConfigError("teacher: give the model to distil (a fine-tuned run, or a causal LM)")
+        if not self.data.train or not self.data.dev:
+            raise ConfigError("data.train and data.dev: give the training and validation files")
+        d = self.distill
+        for k in ("hard", "soft", "embedding", "hidden", "attention", "minilm"):
+            if getattr(d, k) < 0:
+                raise ConfigError(f"distill.{k} must be >= 0, got {getattr(d, k)}")
+        if not any(getattr(d, k) for k in ("hard", "soft", "embedding", "hidden", "attention", "minilm")):
+            raise ConfigError("distill: every loss weight is 0; give at least one (e.g. distill.soft=1)")
+        if not d.temperature > 0:
+            raise ConfigError(f"distill.temperature must be > 0, got {d.temperature}")
+        if self.train.epochs <= 0 and self.train.max_steps <= 0:
+            raise ConfigError("a distillation run needs a length: set train.epochs or train.max_steps")
+        if self.data.max_length < 2:
+            raise ConfigError(f"data.max_length must be >= 2 tokens, got {self.data.max_length}")
+        _check_optim_schedule(self.optim, self.schedule)
+        _check_train(self.train)
+        return self
+
+
 # ---------------------------------------------------------------- loading, validation
 
 
@@ -621,11 +681,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 cls: type | None = None) -> Any:
     """Load a YAML config (or the defaults when `path` is None) and apply `a.b=c` overrides.
 
-    `cls` None picks by content: a config with `init` (a fine-tuning recipe) is a
-    FinetuneConfig, anything else a pretraining RunConfig."""
+    `cls` None picks by content: a config with `teacher` is a DistillConfig, one with
+    `init` (a fine-tuning recipe) a FinetuneConfig, anything else a pretraining RunConfig."""
     tree: dict[str, Any] = _read_tree(Path(path)) if path is not None else {}
     if cls is None:
-        cls = FinetuneConfig if "init" in tree else RunConfig
+        cls = DistillConfig if "teacher" in tree else FinetuneConfig if "init" in tree else RunConfig
     if isinstance(tree.get("strategy"), dict):
         tree["strategy"] = upgrade_strategy_keys(tree["strategy"])
     for key, value in parse_overrides(overrides or []):

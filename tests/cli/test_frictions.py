@@ -16,6 +16,7 @@ import pytest
 
 from zerolm.cli.main import VERBS, build_parser, main, parse_args, resume_arg
 from zerolm.config import (
+    DistillConfig,
     FinetuneConfig,
     TrainConfig,
     check_writable_dir,
@@ -145,7 +146,7 @@ def test_every_shipped_finetune_config_is_sized_by_its_epochs():
     # recipe sets it, so each still runs exactly its epochs
     for path in sorted((REPO / "configs").rglob("*.yaml")):
         cfg = load_config(path)
-        if isinstance(cfg, FinetuneConfig):
+        if isinstance(cfg, (FinetuneConfig, DistillConfig)):  # both sized like fine-tuning
             assert cfg.train.max_steps == 0 and cfg.train.epochs > 0, path
             assert resolve_finetune_steps(cfg.train, 100)[0] == round(cfg.train.epochs * 100), path
         else:

@@ -98,8 +98,10 @@ class FinetuneTask(Objective, Protocol):
         cut to `max_length` tokens, default the length the model was fine-tuned with)."""
         ...
 
-    def labelled_batches(self, path: str | Path, *, batch_size: int, max_length: int | None = None) -> Batches:
-        """A labelled file (in the training format) as batches for `evaluate`."""
+    def labelled_batches(self, path: str | Path, *, batch_size: int, max_length: int | None = None,
+                         seed: int = 0, micro_per_step: int = 1) -> Batches:
+        """A labelled file in the training format as batches: for `evaluate`, or for training
+        another model on the same task (distillation), shuffled by `seed`."""
         ...
 
     def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:

@@ -154,12 +154,13 @@ class ClassificationTask:
         return ClassificationBatches(ex, [0] * len(ex), self.tokenizer, max_length=max_length or self.max_length,
                                      batch_size=batch_size, seed=0)
 
-    def labelled_batches(self, path, *, batch_size: int, max_length: int | None = None):
+    def labelled_batches(self, path, *, batch_size: int, max_length: int | None = None, seed: int = 0,
+                         micro_per_step: int = 1):
         ex = read_examples(path, text_column=self.text_column, pair_column=self.pair_column,
                            label_column=self.label_column)
         y = LabelSet(self.label_names).encode(ex)
         return ClassificationBatches(ex, y, self.tokenizer, max_length=max_length or self.max_length,
-                                     batch_size=batch_size, seed=0)
+                                     batch_size=batch_size, seed=seed, micro_per_step=micro_per_step)
 
     def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
         return prediction

@@ -97,11 +97,12 @@ class CompletionTask(CausalLMTask):
         return PromptBatches(list(inputs), self.tokenizer, max_length=max_length or self.max_length,
                              batch_size=batch_size)
 
-    def labelled_batches(self, path, *, batch_size: int, max_length: int | None = None):
+    def labelled_batches(self, path, *, batch_size: int, max_length: int | None = None, seed: int = 0,
+                         micro_per_step: int = 1):
         ex = read_prompt_completions(path, prompt_column=self.prompt_column,
                                      completion_column=self.completion_column)
         return PromptCompletionBatches(ex, self.tokenizer, max_length=max_length or self.max_length,
-                                       batch_size=batch_size, seed=0)
+                                       batch_size=batch_size, seed=seed, micro_per_step=micro_per_step)
 
     def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
         return prediction

@@ -194,7 +194,8 @@ class TaggingTask:
         return TaggingBatches(sentences, self.label_names, self.tokenizer,
                               max_length=max_length or self.max_length, batch_size=batch_size, seed=0)
 
-    def labelled_batches(self, path, *, batch_size: int, max_length: int | None = None):
+    def labelled_batches(self, path, *, batch_size: int, max_length: int | None = None, seed: int = 0,
+                         micro_per_step: int = 1):
         from zerolm.data.text import resolve_data_path
 
         p = resolve_data_path(path)
@@ -203,8 +204,8 @@ class TaggingTask:
                             "a tagger); for untagged text use `zerolm predict`")
         sentences = read_conll(p, token_column=self.token_column, tag_column=self.tag_column,
                                scheme=self.scheme)
-        return TaggingBatches(sentences, self.label_names, self.tokenizer,
-                              max_length=max_length or self.max_length, batch_size=batch_size, seed=0)
+        return TaggingBatches(sentences, self.label_names, self.tokenizer, max_length=max_length or self.max_length,
+                              batch_size=batch_size, seed=seed, micro_per_step=micro_per_step)
 
     def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
         """An in-memory prediction with its words and entities (character offsets into the

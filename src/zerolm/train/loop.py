@@ -104,11 +104,15 @@ class Trainer:
         tokenizer=None,
         device: torch.device | None = None,
         extra_files: dict[str, str] | None = None,
+        saved_model: nn.Module | None = None,
     ):
         """`extra_files` (name -> text) are written into every model directory the run saves
         (best/, final/, checkpoints), inside the same atomic write: a fine-tuned model's
-        task.json is never missing beside its weights."""
+        task.json is never missing beside its weights. `saved_model` is what best/ and final/
+        hold when it is not the trained model itself (distillation saves the student alone,
+        without its projections); checkpoints hold everything, for resuming."""
         self.cfg, self.optim_cfg, self.sched = train, optim, schedule
+        self.saved_model = saved_model if saved_model is not None else model
         self.extra_files = dict(extra_files or {})
         self.task, self.train_data, self.val_data = task, train_data, val_data
         self.out_dir = Path(out_dir)
@@ -390,7 +394,7 @@ class Trainer:
         if better:
             self.best, self.best_step, self.bad_evals = value, self.step, 0
             if dist.is_main():
-                save_model(self.model, self.out_dir / "best", run_config=self.config_text,
+                save_model(self.saved_model, self.out_dir / "best", run_config=self.config_text,
                            tokenizer=self.tokenizer, extra_files=self.extra_files)
             return False
         self.bad_evals += 1
@@ -418,7 +422,7 @@ class Trainer:
                 if not cfg.keep_final:
                     log.info("writing final/ although train.keep_final is false: there is no best/ "
                              "(no evaluation ran), so final/ is the run's only model")
-                save_model(self.model, final, run_config=self.config_text, tokenizer=self.tokenizer,
+                save_model(self.saved_model, final, run_config=self.config_text, tokenizer=self.tokenizer,
                            extra_files=self.extra_files)
             self._plot()
             if finished and not cfg.keep_checkpoints_when_done and self.checkpoint_dir.exists():

@@ -1,0 +1,180 @@
+"""Knowledge distillation as an objective of the one training loop.
+
+A frozen teacher (in inference mode, no gradients) runs on each batch; the student runs
+inside `Distilled.forward`, with the modules only distillation trains (width
+projections) beside it, so that data parallelism sees every trained parameter used in
+forward. The loss is a weighted sum of any subset of:
+
+- `hard`: the task's own loss on the labels;
+- `soft`: the teacher's output distribution at temperature T as targets (Hinton et al.
+  2015): classes, per-word tags, or, for a causal LM, next tokens over the vocabulary in
+  chunks (never the (B, T, V) logits of either model);
+- `embedding`, `hidden`, `attention`: TinyBERT's embedding-output, hidden-state (through a
+  learned projection when the widths differ) and attention-map MSE, student layer i
+  against teacher layer `layer_map[i]`;
+- `minilm`: MiniLM's last-layer attention distributions and value relations (KL), which
+  need no projection.
+
+A CRF student trains its emissions on the teacher's (soft) and its transitions on the
+labels (hard, through emissions it does not move), as the task distillation of taggers
+with a CRF usually does. Only the student is saved (`Distilled.student`).
+
+Shape letters: B batch, T tokens, D width, C classes, V vocabulary, L layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zerolm.distill.losses import (
+    attention_mse,
+    chunked_lm_kl,
+    hidden_mse,
+    minilm_relation_loss,
+    soft_target_loss,
+    split_values,
+)
+from zerolm.models import body_of
+from zerolm.models.heads import IGNORE_INDEX, word_loss_sum
+from zerolm.models.losses import linear_cross_entropy
+from zerolm.tasks.base import device_of, to_device
+
+INTERMEDIATE = ("embedding", "hidden", "attention", "minilm")
+
+
+def _needs(w) -> tuple[bool, bool]:
+    """(hidden states, attention maps) the weighted losses read."""
+    return bool(w.embedding or w.hidden), bool(w.attention or w.minilm)
+
+
+class Distilled(nn.Module):
+    """The student, the projections distillation trains with it, and the student's side
+    of the loss (in forward). Without `teacher`, forward is the student's own."""
+
+    def __init__(self, student: nn.Module, kind: str, weights, layer_map: list[int], teacher_width: int):
+        super().__init__()
+        self.student = student
+        self.config = student.config
+        self.kind, self.w, self.layer_map = kind, weights, list(layer_map)
+        Ds, L = student.config.d_model, student.config.n_layers
+        self.proj = None
+        if Ds != teacher_width and (weights.embedding or weights.hidden):
+            # TinyBERT's W_h: one per compared layer (the embedding output is layer 0)
+            self.proj = nn.ModuleList(nn.Linear(Ds, teacher_width) for _ in range(L + 1))
+
+    @property
+    def crf(self):
+        return getattr(self.student, "crf", None)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, labels=None, word_ids=None,
+                teacher: dict[str, Any] | None = None):
+        if teacher is None:
+            return self.student(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        body, w = body_of(self.student), self.w
+        need_h, need_a = _needs(w)
+        values: dict[str, torch.Tensor] = {}
+        hook = None
+        if w.minilm:
+            hook = body.blocks[-1].attn.v_proj.register_forward_hook(lambda m, i, o: values.setdefault("v", o))
+        try:
+            out = body(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                       output_hidden_states=need_h, output_attentions=need_a)
+        finally:
+            if hook is not None:
+                hook.remove()
+        h = out.last_hidden_state  # (B, T, D)
+        losses: dict[str, torch.Tensor] = {}
+        T = w.temperature
+        if self.kind == "classify":
+            logits = self.student.head(h, attention_mask).float()  # (B, C)
+            if w.hard:
+                losses["hard"] = F.cross_entropy(logits, labels)
+            if w.soft:
+                losses["soft"] = soft_target_loss(logits, teacher["logits"], temperature=T, kind=w.divergence)
+        elif self.kind == "tag":
+            scores = self.student.head(h, attention_mask).float()  # (B, T, C)
+            crf = self.crf
+            if w.hard:  # a CRF learns its transitions from the labels, its emissions from the teacher
+                total, n = word_loss_sum(scores.detach() if crf is not None else scores, labels, word_ids, crf)
+                losses["hard"] = total / max(n, 1)
+            if w.soft:
+                losses["soft"] = soft_target_loss(scores, teacher["logits"], temperature=T, kind=w.divergence,
+                                                  mask=labels != IGNORE_INDEX)
+        else:  # a causal LM: next tokens, the loss computed in vocabulary chunks
+            head = self.student.lm_head.weight  # (V, D)
+            if w.hard:
+                losses["hard"] = linear_cross_entropy(h.flatten(0, 1), head, labels.flatten(), IGNORE_INDEX)
+            if w.soft:
+                losses["soft"] = chunked_lm_kl(h, head, teacher["hidden"], teacher["head_weight"], temperature=T,
+                                               mask=labels != IGNORE_INDEX)
+        mask = attention_mask
+        if w.embedding:
+            p = self.proj[0] if self.proj is not None else None
+            losses["embedding"] = hidden_mse(out.hidden_states[0], teacher["hidden_states"][0], proj=p, mask=mask)
+        if w.hidden:
+            terms = [hidden_mse(out.hidden_states[i + 1], teacher["hidden_states"][j + 1],
+                                proj=self.proj[i + 1] if self.proj is not None else None, mask=mask)
+                     for i, j in enumerate(self.layer_map)]
+            losses["hidden"] = torch.stack(terms).mean()
+        if w.attention:
+            terms = [attention_mse(out.attentions[i], teacher["attentions"][j], mask=mask)
+                     for i, j in enumerate(self.layer_map)]
+            losses["attention"] = torch.stack(terms).mean()
+        if w.minilm:
+            s_v = split_values(values["v"], body.blocks[-1].attn.n_heads)
+            losses["minilm"] = minilm_relation_loss(out.attentions[-1], teacher["attentions"][-1], s_v,
+                                                    teacher["values"], mask=mask)
+        total = sum(getattr(w, k) * v for k, v in losses.items())
+        return total, {f"{k}_loss": v.detach() for k, v in losses.items()}
+
+
+class DistillObjective:
+    """The loop's objective: the teacher's outputs (no gradients), then the student's loss."""
+
+    name = "distill"
+
+    def __init__(self, teacher: nn.Module, task, kind: str, weights):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.task, self.kind, self.w = task, kind, weights
+        self.loss_unit = task.loss_unit
+
+    @torch.no_grad()
+    def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        body = body_of(self.teacher)
+        need_h, need_a = _needs(self.w)
+        values: dict[str, torch.Tensor] = {}
+        hook = None
+        if self.w.minilm:
+            hook = body.blocks[-1].attn.v_proj.register_forward_hook(lambda m, i, o: values.setdefault("v", o))
+        try:
+            out = body(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                       token_type_ids=batch.get("token_type_ids"), output_hidden_states=need_h,
+                       output_attentions=need_a)
+        finally:
+            if hook is not None:
+                hook.remove()
+        t: dict[str, Any] = {"hidden_states": out.hidden_states, "attentions": out.attentions}
+        if self.kind == "clm":
+            t.update(hidden=out.last_hidden_state, head_weight=self.teacher.lm_head.weight)
+        else:
+            t["logits"] = self.teacher.head(out.last_hidden_state, batch.get("attention_mask")).float()
+        if self.w.minilm:
+            t["values"] = split_values(values["v"], body.blocks[-1].attn.n_heads)
+        return t
+
+    def loss(self, model, batch):
+        if device_of(self.teacher) != batch["input_ids"].device:
+            self.teacher.to(batch["input_ids"].device)
+        t = self.teacher_outputs(batch)
+        return model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                     token_type_ids=batch.get("token_type_ids"), labels=batch.get("labels"),
+                     word_ids=batch.get("word_ids"), teacher=t)
+
+    def evaluate(self, model, batches) -> dict[str, Any]:
+        """The task's report on the student alone."""
+        student = getattr(model, "module", model).student
+        return self.task.evaluate(student, (to_device(b, device_of(student)) for b in batches))

@@ -1,0 +1,102 @@
+"""A student for a teacher: the teacher's architecture with fewer or narrower layers, its
+task head and tokenizer, initialised from chosen teacher layers (DistilBERT takes every
+other one), from the bottom ones, at random, or from another pretrained model.
+
+Shape letters: L layers (Ls student, Lt teacher), D width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+from torch import nn
+
+from zerolm.models import ModelConfig, body_of, build_model
+
+log = logging.getLogger(__name__)
+
+SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff")
+
+
+def student_config(teacher: ModelConfig, shape: dict[str, int]) -> ModelConfig:
+    """The teacher's config with the student's shape (a 0 keeps the teacher's value);
+    per-layer shapes and head sizes of the teacher are not carried over."""
+    over = {k: v for k, v in shape.items() if k in SHAPE_KEYS and v}
+    cfg = dataclasses.replace(teacher, layers=[], head_dim=0, **over)
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"student.d_model {cfg.d_model} is not divisible by student.n_heads {cfg.n_heads}")
+    return cfg
+
+
+def default_layers(n_student: int, n_teacher: int) -> list[int]:
+    """Evenly spaced teacher blocks, bottom and top included when there is room (every
+    other one for half the depth, as DistilBERT)."""
+    if n_student == 1:
+        return [0]
+    step = (n_teacher - 1) / (n_student - 1)
+    return sorted({round(i * step) for i in range(n_student)}) if n_student <= n_teacher else []
+
+
+def initialise(student: nn.Module, teacher: nn.Module, how: str, layers: list[int] | None = None) -> str:
+    """Copy teacher weights into the student (in place) and say what was copied.
+
+    `how`: "teacher_layers" (embeddings, the chosen blocks, the final norm, the task head),
+    "bottom" (the same with the bottom blocks), or "random" (nothing).
+    """
+    if how == "random":
+        return "random initialisation"
+    s_body, t_body = body_of(student), body_of(teacher)
+    Ls, Lt = len(s_body.blocks), len(t_body.blocks)
+    if s_body.config.d_model != t_body.config.d_model:
+        raise ValueError(f"student.init {how!r} copies teacher weights, which needs the teacher's width "
+                         f"(d_model {t_body.config.d_model}, student {s_body.config.d_model}); use "
+                         "student.init=random with a narrower student")
+    if how == "bottom":
+        chosen = list(range(Ls))
+    elif how == "teacher_layers":
+        chosen = list(layers) if layers else default_layers(Ls, Lt)
+    else:
+        raise ValueError(f"student.init must be teacher_layers, bottom, random or a model directory, got {how!r}")
+    if len(chosen) != Ls or any(not 0 <= i < Lt for i in chosen):
+        raise ValueError(f"student.layers {chosen}: need {Ls} teacher block indices in 0..{Lt - 1}")
+    t_sd = teacher.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, p in student.state_dict().items():
+            src = name
+            parts = name.split(".")
+            if "blocks" in parts:  # body.blocks.i.* <- body.blocks.chosen[i].*
+                k = parts.index("blocks")
+                parts[k + 1] = str(chosen[int(parts[k + 1])])
+                src = ".".join(parts)
+            if src in t_sd and t_sd[src].shape == p.shape:
+                p.copy_(t_sd[src])
+                copied += 1
+    return f"{copied} tensors from the teacher (blocks {chosen})"
+
+
+def make_student(teacher, shape: dict[str, int], init: str, layers: list[int] | None = None):
+    """(student task model, its task, what initialised it) for a loaded teacher (a
+    zerolm.loading.Predictor): the teacher's task rebuilt on a smaller body."""
+    from zerolm.loading import load_model
+    from zerolm.tasks import finetune_task
+
+    t_model = teacher.model
+    cfg = student_config(t_model.config, shape)
+    from_dir = init not in ("teacher_layers", "bottom", "random")
+    if from_dir:
+        base, tok = load_model(init)
+        if tok is not None and teacher.tokenizer is not None and tok.vocab_size != teacher.tokenizer.vocab_size:
+            raise ValueError(f"student.init {init}: its vocabulary ({tok.vocab_size}) is not the teacher's "
+                             f"({teacher.tokenizer.vocab_size}); teacher and student must share the tokenizer")
+        cfg = base.config
+    else:
+        base = build_model(cfg)
+    if teacher.meta:
+        student, task = finetune_task(teacher.meta["task"]).from_meta(teacher.meta, base, teacher.tokenizer)
+    else:  # a pretrained teacher: the student keeps the pretraining heads
+        student, task = base, teacher.task
+    how = f"weights of {init}" if from_dir else initialise(student, t_model, init, layers)
+    return student, task, how

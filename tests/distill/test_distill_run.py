@@ -1,0 +1,112 @@
+"""`zerolm distill` end to end on tiny models: classification (TinyBERT and MiniLM losses,
+a narrower student with projections), tagging with a CRF, and a causal LM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import zerolm
+from zerolm.cli.main import main
+from zerolm.config import DistillConfig, FinetuneConfig, load_config
+from zerolm.errors import ConfigError
+from zerolm.train.distill import distill
+from zerolm.train.finetune import finetune
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    finetune(load_config(TINY / "classify_reviews.yaml", [f"out_dir={out}", "train.epochs=2",
+                                                          "train.progress=false"], cls=FinetuneConfig))
+    return out / "best"
+
+
+def cfg(teacher: Path, out: Path, *over: str) -> DistillConfig:
+    return load_config(TINY / "distill_classify.yaml", [f"teacher={teacher}", f"out_dir={out}",
+                                                        "train.progress=false", *over], cls=DistillConfig)
+
+
+def test_a_distilled_student_saves_reloads_and_predicts_as_trained(teacher, tmp_path):
+    result, report = distill(cfg(teacher, tmp_path / "d", "distill.minilm=1.0"))
+    saved = json.loads((tmp_path / "d" / "distill.json").read_text())
+    assert saved["metric"] == "accuracy" and saved["student_params"] < saved["teacher_params"]
+    assert saved["retention"] == pytest.approx(saved["student"]["accuracy"] / saved["teacher"]["accuracy"])
+    rows = [json.loads(x) for x in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    logged = {k for r in rows for k in r}
+    assert {"hard_loss", "soft_loss", "hidden_loss", "attention_loss", "minilm_loss"} <= logged
+    student = zerolm.load(tmp_path / "d")
+    assert student.model.config.n_layers == 1 and student.meta["distilled_from"] == str(teacher)
+    texts = ["a lovely, moving film", "a dull and lifeless mess", "fine"]
+    first = student.predict(texts)
+    again = zerolm.load(tmp_path / "d").predict(texts)
+    assert first == again
+    # the student's dev accuracy in distill.json is what `zerolm eval` finds
+    ev = student.evaluate("pkg:quickstart/reviews_dev.tsv")
+    assert ev["accuracy"] == saved["student"]["accuracy"]
+
+
+def test_a_narrower_student_trains_projections_that_are_not_saved(teacher, tmp_path):
+    distill(cfg(teacher, tmp_path / "n", "student.d_model=16", "student.init=random", "distill.attention=0",
+                "train.max_steps=3"))
+    from safetensors.torch import load_file
+
+    keys = set(load_file(str(tmp_path / "n" / "best" / "model.safetensors")))
+    assert not any(k.startswith("proj") for k in keys) and "body.tok_emb.weight" in keys
+    assert zerolm.load(tmp_path / "n").model.config.d_model == 16
+
+
+def test_a_bad_layer_map_stops_before_training_naming_the_index(teacher, tmp_path):
+    with pytest.raises(ConfigError, match=r"layer_map\[0\] = 7: the teacher has layers 0..1"):
+        distill(cfg(teacher, tmp_path / "bad", "distill.layer_map=[7]"))
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def test_heads_must_match_for_attention_losses(teacher, tmp_path):
+    with pytest.raises(ConfigError, match="student has 2 heads, the teacher 4"):
+        distill(cfg(teacher, tmp_path / "h", "student.n_heads=2", "student.init=random"))
+
+
+def test_a_student_from_another_vocabulary_is_refused(teacher, tmp_path):
+    from zerolm.train.pretrain import pretrain
+
+    other = pretrain(load_config(TINY / "gpt_char.yaml", [f"out_dir={tmp_path / 'o'}", "train.max_steps=1"]))
+    with pytest.raises(ConfigError, match="must share the tokenizer"):
+        distill(cfg(teacher, tmp_path / "v", f"student.init={other.out_dir / 'final'}"))
+
+
+def test_a_crf_tagger_distils(tmp_path):
+    t = tmp_path / "tagger"
+    finetune(load_config(TINY / "tag_ner.yaml", [f"out_dir={t}", "train.epochs=1", "task.crf=true",
+                                                 "train.progress=false"], cls=FinetuneConfig))
+    out = tmp_path / "s"
+    code = main(["distill", str(TINY / "distill_classify.yaml"), f"teacher={t / 'best'}", f"out_dir={out}",
+                 "data.train=pkg:quickstart/ner_train.txt", "data.dev=pkg:quickstart/ner_dev.txt",
+                 "train.max_steps=3", "train.epochs=0", "train.early_stopping.metric=val_f1"])
+    assert code == 0
+    student = zerolm.load(out)
+    assert student.model.crf is not None and len(student.model.body.blocks) == 1
+    assert student.predict(["Ada Lovelace visited London"])[0]["tags"]
+
+
+def test_a_causal_lm_distils_with_chunked_soft_targets(tmp_path):
+    from zerolm.train.pretrain import pretrain
+
+    t = pretrain(load_config(TINY / "gpt_char.yaml", [f"out_dir={tmp_path / 't'}", "train.max_steps=20",
+                                                      "train.progress=false"]))
+    result, report = distill(load_config(TINY / "distill_classify.yaml", [
+        f"teacher={t.out_dir / 'final'}", f"out_dir={tmp_path / 's'}", "data.train=pkg:quickstart/corpus.txt",
+        "data.dev=pkg:quickstart/corpus.txt", "data.max_length=32", "distill.attention=0", "distill.hidden=0",
+        "train.max_steps=4", "train.epochs=0", "train.eval_every=2", "train.eval_batches=2",
+        "train.early_stopping.metric=val_loss", "train.early_stopping.mode=min", "train.keep_final=true",
+        "train.progress=false"], cls=DistillConfig))
+    rows = [json.loads(x) for x in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert any("soft_loss" in r and torch.isfinite(torch.tensor(r["soft_loss"])) for r in rows)
+    lm = zerolm.load(tmp_path / "s" / "final")
+    assert len(lm.generate(["The "], max_new_tokens=5, greedy=True)[0]) == 5
