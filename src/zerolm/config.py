@@ -208,7 +208,9 @@ class StrategyConfig:
     `strategy.lora.rank`, `strategy.freeze.layers`, `strategy.adapter.size`,
     `strategy.prompt.length`, `strategy.prefix.length`."""
 
-    name: Literal["full", "freeze", "head_only", "bitfit", "lora", "adapter", "prompt", "prefix"] = "full"  # which weights train
+    # which weights train: a name in zerolm.peft's registry (full, freeze, head_only, bitfit,
+    # lora, adapter, prompt, prefix), checked before a run starts
+    name: str = "full"
     freeze: FreezeConfig = field(default_factory=FreezeConfig)  # freeze: embeddings + bottom blocks frozen
     lora: LoraConfig = field(default_factory=LoraConfig)  # lora: low-rank updates beside frozen linears
     adapter: AdapterConfig = field(default_factory=AdapterConfig)  # adapter: Houlsby bottlenecks
@@ -217,11 +219,9 @@ class StrategyConfig:
 
     def settings(self) -> Any:
         """The settings section of the chosen strategy (None for those without settings)."""
-        return getattr(self, self.name, None) if self.name in STRATEGY_SECTIONS else None
+        section = getattr(self, self.name, None)
+        return section if dataclasses.is_dataclass(section) else None
 
-
-# strategies with a settings section (the others have none)
-STRATEGY_SECTIONS = ("freeze", "lora", "adapter", "prompt", "prefix")
 # the flat keys of earlier versions, still read: old key -> new keys
 LEGACY_STRATEGY_KEYS = {"freeze_layers": ("freeze.layers",), "lora_rank": ("lora.rank",),
                         "lora_alpha": ("lora.alpha",), "lora_dropout": ("lora.dropout",),
@@ -247,7 +247,9 @@ def upgrade_strategy_keys(section: dict[str, Any], where: str = "strategy") -> d
 
 @dataclass
 class FinetuneTaskConfig:
-    name: Literal["classify", "tag", "clm"] = "classify"  # sentence (pair) classification, token tagging, prompt -> completion
+    # a name in zerolm.tasks' registry (classify: sentence (pair) classification, tag: token
+    # tagging, clm: prompt -> completion), checked before a run starts
+    name: str = "classify"
     class_weights: list[float] = field(default_factory=list)  # classify: per label (sorted names); empty: none
     head_dropout: float = 0.1  # classify / tag: dropout before the linear head
     pooling: Literal["first", "mean"] = "first"  # classify: BERT pooled [CLS] / GPT last token, or the mean over tokens

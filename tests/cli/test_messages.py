@@ -109,3 +109,12 @@ def test_loading_a_prompt_tuned_model_leaves_the_random_state_alone(tmp_path):
     torch.manual_seed(123)
     zerolm.load(tmp_path / "run")
     assert torch.equal(torch.rand(3), want)
+
+
+def test_unknown_task_and_strategy_names_stop_before_any_work_naming_the_closest(tmp_path, capsys):
+    base = [str(REPO / "configs/tiny/classify_reviews.yaml"), f"out_dir={tmp_path / 'r'}"]
+    assert main(["finetune", *base, "strategy.name=lroa"]) == 2
+    assert "did you mean 'lora'" in capsys.readouterr().err
+    assert main(["config", "show", *base, "task.name=clasify"]) == 2
+    assert "did you mean 'classify'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -30,6 +30,10 @@ def run(args) -> int:
     )
 
     cfg = RunConfig() if args.config is None else load_config(args.config, args.overrides)
+    if isinstance(cfg, FinetuneConfig):
+        from zerolm.train.finetune import check_names
+
+        check_names(cfg)  # names live in the task and strategy registries
     print(dump_config(cfg), end="")
     if isinstance(cfg, FinetuneConfig):
         print(f"# {describe_finetune_length(cfg.train)}")

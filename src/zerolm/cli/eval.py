@@ -92,7 +92,7 @@ def _run_lm(args, pred) -> int:
     from zerolm.errors import ZeroLMError
     from zerolm.models import family
     from zerolm.progress import counted
-    from zerolm.tasks import CausalLMTask, MaskedLMTask
+    from zerolm.tasks import OBJECTIVES
 
     model, tok = pred.model, pred.tokenizer
     if tok is None:
@@ -106,13 +106,13 @@ def _run_lm(args, pred) -> int:
     block = args.block_size or model.config.max_seq_len
     bs = args.batch_size or 16
     corpus = load_corpus(args.input, tok, keep_line_ends=tok.kind != "wordpiece")
-    if family(model.config).objective == "clm":
+    objective = family(model.config).objective
+    task = OBJECTIVES[objective]()
+    if objective == "clm":  # windows of the token stream
         data = CausalLMBatches(corpus.flat(), block, bs, args.seed)
-        task = CausalLMTask()
-    else:
+    else:  # masked blocks
         data = MaskedLMBatches(corpus, tok, TaskConfig(name="mlm", sentence_objective="none"), block, bs,
                                args.seed)
-        task = MaskedLMTask()
     metrics = task.evaluate(model, counted(data.eval_batches(args.max_batches), "evaluating", unit="batch"))
     if args.json:
         print(json.dumps(metrics))

@@ -3,6 +3,8 @@ registry of fine-tuning tasks: a new task is one new file plus one line here."""
 
 from __future__ import annotations
 
+import difflib
+
 from zerolm.errors import ConfigError
 from zerolm.tasks.base import FinetuneSetup, FinetuneTask, Objective
 from zerolm.tasks.classify import ClassificationTask
@@ -11,8 +13,11 @@ from zerolm.tasks.clm_finetune import CompletionTask
 from zerolm.tasks.mlm import MaskedLMTask
 from zerolm.tasks.tag import TaggingTask
 
-__all__ = ["FINETUNE_TASKS", "CausalLMTask", "ClassificationTask", "CompletionTask", "FinetuneSetup",
+__all__ = ["FINETUNE_TASKS", "OBJECTIVES", "CausalLMTask", "ClassificationTask", "CompletionTask", "FinetuneSetup",
            "FinetuneTask", "MaskedLMTask", "Objective", "TaggingTask", "finetune_task"]
+
+# pretraining objectives, by the name families declare (zerolm.models.FAMILIES[...].objective)
+OBJECTIVES: dict[str, type[Objective]] = {CausalLMTask.name: CausalLMTask, MaskedLMTask.name: MaskedLMTask}
 
 FINETUNE_TASKS: dict[str, type[FinetuneTask]] = {
     ClassificationTask.name: ClassificationTask,
@@ -24,5 +29,8 @@ FINETUNE_TASKS: dict[str, type[FinetuneTask]] = {
 def finetune_task(name: str) -> type[FinetuneTask]:
     """The fine-tuning task class registered under `name`."""
     if name not in FINETUNE_TASKS:
-        raise ConfigError(f"unknown fine-tuning task {name!r}; choose from {sorted(FINETUNE_TASKS)}")
+        close = difflib.get_close_matches(name, list(FINETUNE_TASKS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"task.name: unknown fine-tuning task {name!r}{hint}; choose from "
+                          f"{sorted(FINETUNE_TASKS)}")
     return FINETUNE_TASKS[name]

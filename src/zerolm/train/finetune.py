@@ -96,11 +96,24 @@ def max_input_length(cfg: FinetuneConfig, model: nn.Module) -> int:
     return min(cfg.data.max_length, room)
 
 
+def check_names(cfg: FinetuneConfig) -> None:
+    """The task and strategy names are in their registries (a typo stops here, before any
+    work, with the closest name)."""
+    from zerolm.peft import make_strategy
+
+    finetune_task(cfg.task.name)
+    try:
+        make_strategy(cfg.strategy.name, cfg.strategy)
+    except ValueError as e:
+        raise ConfigError(f"strategy.name: {e}") from None
+
+
 def finetune(cfg: FinetuneConfig, *, resume: bool | str = False, overwrite: bool = False
              ) -> tuple[TrainResult, dict]:
     """Train as configured; returns the loop's result and the dev report of the best model."""
     from zerolm.peft import apply_strategy
 
+    check_names(cfg)
     device = dist.setup(cfg.train.device)
     if dist.is_main():
         check_writable_dir(cfg.out_dir)

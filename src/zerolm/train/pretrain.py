@@ -14,7 +14,7 @@ from zerolm.data.lm import CausalLMBatches, MaskedLMBatches
 from zerolm.data.text import resolve_data_path
 from zerolm.errors import ConfigError
 from zerolm.models import build_model
-from zerolm.tasks import CausalLMTask, MaskedLMTask
+from zerolm.tasks import OBJECTIVES
 from zerolm.tokenizers import Tokenizer
 from zerolm.train import dist
 from zerolm.train.loop import Trainer, TrainResult
@@ -109,7 +109,7 @@ def _pretrain(cfg: RunConfig, device, resume, init, callbacks) -> TrainResult:
     model = build_model(cfg.model)
     if init:
         _init_from(model, init)
-    task = {"clm": CausalLMTask, "mlm": MaskedLMTask}[cfg.task.name]()
+    task = OBJECTIVES[cfg.task.name]()
     trainer = Trainer(model, task, train_data, val_data=val_data, train=cfg.train, optim=cfg.optim,
                       schedule=cfg.schedule, out_dir=cfg.out_dir, config_text=dump_config(cfg),
                       tokenizer=tok, device=device)
