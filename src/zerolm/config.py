@@ -477,6 +477,7 @@ class DistillLossConfig:
     attention: float = 0.0  # weight of TinyBERT's attention-map MSE
     minilm: float = 0.0  # weight of MiniLM's last-layer attention + value-relation KL
     layer_map: str | list[int] = "uniform"  # teacher layer of each student layer: uniform, last, or a list
+    latency_repeats: int = 10  # forward passes timed per model for the report (median)
 
 
 @dataclass

@@ -38,6 +38,11 @@ def test_a_distilled_student_saves_reloads_and_predicts_as_trained(teacher, tmp_
     saved = json.loads((tmp_path / "d" / "distill.json").read_text())
     assert saved["metric"] == "accuracy" and saved["student_params"] < saved["teacher_params"]
     assert saved["retention"] == pytest.approx(saved["student"]["accuracy"] / saved["teacher"]["accuracy"])
+    lat = saved["latency"]
+    assert lat["batch_sizes"][0] == 1 and len(lat["teacher_ms"]) == len(lat["student_ms"]) == 2
+    assert lat["speedup"] == pytest.approx([t / s for t, s in zip(lat["teacher_ms"], lat["student_ms"])])
+    assert 0 < saved["student_bytes"] < saved["teacher_bytes"]  # one block of two
+    assert (tmp_path / "d" / "distill.png").stat().st_size > 1000
     rows = [json.loads(x) for x in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
     logged = {k for r in rows for k in r}
     assert {"hard_loss", "soft_loss", "hidden_loss", "attention_loss", "minilm_loss"} <= logged

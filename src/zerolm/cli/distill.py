@@ -34,6 +34,9 @@ def run(args) -> int:
               + (f" ({100 * report['retention']:.1f}% retained)" if report.get("retention") else "")
               + f"; {report['student_params']:,} vs {report['teacher_params']:,} parameters; "
               f"{result.step} steps in {result.wall_s:.0f} s")
-        print(f"student: {result.out_dir / 'best'}   report: {result.out_dir / 'distill.json'}")
+        lat = report["latency"]
+        print("latency " + ", ".join(f"batch {b}: {t:.1f} vs {s_:.1f} ms ({x:.2f}x)" for b, t, s_, x in zip(
+            lat["batch_sizes"], lat["teacher_ms"], lat["student_ms"], lat["speedup"])))
+        print(f"student: {result.out_dir / 'best'}   report: {result.out_dir / 'distill.json'}, distill.png")
     dist.teardown()
     return 0

@@ -119,7 +119,10 @@ def _distill(cfg: DistillConfig, device, resume) -> tuple[TrainResult, dict]:
 
 
 def _report(cfg, teacher, student, task, dev_data, result, out: Path) -> dict:
-    """Teacher vs student on dev: the headline metric and parameter counts (eval.json)."""
+    """Teacher vs student on dev: the headline metric, parameters, size on disk and
+    latency (distill.json and distill.png)."""
+    from zerolm.distill.report import compare, dir_size, plot
+    from zerolm.loading import resolve_model_path
     from zerolm.modeldir import load_weights
     from zerolm.tasks.base import scalars
 
@@ -136,5 +139,13 @@ def _report(cfg, teacher, student, task, dev_data, result, out: Path) -> dict:
               "retention": (s_rep.get(metric, 0.0) / t_rep[metric]) if t_rep.get(metric) else None,
               "steps": result.step, "wall_s": result.wall_s, "train_s": result.train_s,
               "teacher_path": str(cfg.teacher)}
+    first = next(iter(dev_data.eval_batches(1)))
+    report["latency"] = compare(teacher.model, student, first, repeats=cfg.distill.latency_repeats)
+    report["student_bytes"] = dir_size(out / "best") if (out / "best").is_dir() else None
+    report["teacher_bytes"] = dir_size(resolve_model_path(cfg.teacher))
     atomic_write_text(out / "distill.json", json.dumps(report, indent=2))
+    try:
+        plot(report, out / "distill.png")
+    except Exception as e:  # a plot must never cost the run
+        log.warning("could not draw distill.png: %s", e)
     return report
