@@ -528,7 +528,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, key + ".")
+        return build_section(tp, value, key + ".")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -594,7 +594,7 @@ def _section_default(cls: type, name: str, base: Any) -> Any:
     return None if f.default is dataclasses.MISSING else f.default
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+def build_section(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
     """`cls` from a mapping; keys the mapping leaves out keep their defaults (those of
     `base` when given), section by section, so a file that sets one key of a section
     keeps the other defaults of that section."""
@@ -608,7 +608,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) 
             raise ConfigError(f"unknown config key '{prefix}{k}'{hint}")
         tp = hints[k]
         if dataclasses.is_dataclass(tp) and isinstance(v, dict):
-            kwargs[k] = _build(tp, v, prefix + k + ".", _section_default(cls, k, base))
+            kwargs[k] = build_section(tp, v, prefix + k + ".", _section_default(cls, k, base))
         else:
             kwargs[k] = _convert(v, tp, prefix + k)
     try:
@@ -701,7 +701,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             continue
         _set_dotted(tree, key, value, cls)
     try:
-        cfg = _build(cls, tree)
+        cfg = build_section(cls, tree)
         return cfg.validate() if hasattr(cfg, "validate") else cfg
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None

@@ -36,21 +36,27 @@ def _losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
+def assert_torchrun_equals(single_out: Path, verb: str, config: str, over: list[str], ddp_out: Path,
+                           tokenizer: Path) -> None:
+    """`verb` on 2 processes under torchrun logs the same losses as the one-process run."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "zerolm.cli.main", verb, str(REPO / config), *over, f"out_dir={ddp_out}",
+           "train.grad_accum=1", f"tokenizer.path={tokenizer}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _losses(single_out), _losses(ddp_out)
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
+    assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-5
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_processes_equal_one_with_accumulation(name, tmp_path):
     config, extra = CASES[name]
     over = [*SHRINK, *extra]
     single = pretrain(load_config(REPO / config, [*over, f"out_dir={tmp_path / 'single'}", "train.grad_accum=2"]))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "zerolm.cli.main", "pretrain", str(REPO / config), *over, f"out_dir={tmp_path / 'ddp'}",
-           "train.grad_accum=1", f"tokenizer.path={single.out_dir / 'tokenizer'}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = _losses(single.out_dir), _losses(tmp_path / "ddp")
-    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
-    assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-5
+    assert_torchrun_equals(single.out_dir, "pretrain", config, over, tmp_path / "ddp", single.out_dir / "tokenizer")
 
 
 FT_SHRINK = ["model.dropout=0.0", "model.attn_dropout=0.0", "task.head_dropout=0.0", "train.max_steps=4",
@@ -72,14 +78,5 @@ def test_fine_tuning_on_two_processes_equals_one_with_accumulation(name, tmp_pat
     over = [*FT_SHRINK, *extra]
     single, _ = finetune(load_config(REPO / config, [*over, f"out_dir={tmp_path / 'single'}", "train.grad_accum=2"],
                                      cls=FinetuneConfig))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
-    tok = single.out_dir / "best" / "tokenizer"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "zerolm.cli.main", "finetune", str(REPO / config), *over, f"out_dir={tmp_path / 'ddp'}",
-           "train.grad_accum=1", f"tokenizer.path={tok}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = _losses(single.out_dir), _losses(tmp_path / "ddp")
-    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
-    assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-5
+    assert_torchrun_equals(single.out_dir, "finetune", config, over, tmp_path / "ddp",
+                           single.out_dir / "best" / "tokenizer")

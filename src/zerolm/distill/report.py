@@ -45,9 +45,9 @@ def compare(teacher: nn.Module, student: nn.Module, dev_batch: dict[str, torch.T
 
 def plot(report: dict[str, Any], out_png: Path) -> Path:
     """Teacher vs student: the dev metric, parameters and latency side by side."""
-    from zerolm.eval.plots import _pyplot
+    from zerolm.eval.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     m = report["metric"]
     panels = [(m, [report["teacher"].get(m, 0.0), report["student"].get(m, 0.0)]),
               ("parameters (M)", [report["teacher_params"] / 1e6, report["student_params"] / 1e6])]

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +34,7 @@ def plot_loss_curve(metrics_jsonl: str | Path, out_png: str | Path, title: str |
     is what one loss value averages over: the task's `loss_unit` ("nats / example" for
     classification, "nats / word" for tagging)."""
     rows = [json.loads(ln) for ln in Path(metrics_jsonl).read_text().splitlines() if ln.strip()]
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     tr = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     va = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
@@ -59,7 +59,7 @@ def plot_confusion_matrix(cm, labels: list[str], out_png: str | Path, title: str
 
     cm = np.asarray(cm)
     norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
-    plt = _pyplot()
+    plt = pyplot()
     size = max(4.0, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=120)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -96,7 +96,7 @@ def plot_strategy_comparison(rows: list[dict], out_png: str | Path, title: str =
     """One bar per fine-tuning strategy: the headline metric, labelled with the share of
     parameters trained and the wall time. The metric axis starts at 0, so bar heights
     compare honestly (a score in [0, 1] gets the axis 0 to 1)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [r["strategy"] for r in rows]
     values = [r["value"] for r in rows]
     metric = rows[0]["metric"] if rows else ""
@@ -126,7 +126,7 @@ def plot_entity_scores(per_type: dict[str, dict], out_png: str | Path, title: st
     import numpy as np
 
     names = list(per_type)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names) + 2), 4.2), dpi=120)
     x = np.arange(len(names))
     for k, (metric, color) in enumerate([("precision", "#4C72B0"), ("recall", "#DD8452"), ("f1", "#55A868")]):

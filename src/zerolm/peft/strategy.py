@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from zerolm.config import FreezeConfig, StrategyConfig, upgrade_strategy_keys
+from zerolm.config import FreezeConfig, StrategyConfig, build_section, upgrade_strategy_keys
 from zerolm.peft.adapter import AdapterStrategy
 from zerolm.peft.base import Strategy
 from zerolm.peft.lora import LoraStrategy
@@ -127,12 +127,10 @@ def make_strategy(name: str, settings: StrategyConfig | None = None):
 
 def _legacy_settings(name: str, kw: dict) -> StrategyConfig:
     """StrategyConfig from the keyword arguments of earlier versions (lora_rank=...)."""
-    from zerolm.config import _build
-
     tree = upgrade_strategy_keys({"name": name, **kw}) if kw else {"name": name}
     if "lora" in tree and "targets" in tree["lora"]:
         tree["lora"]["targets"] = list(tree["lora"]["targets"])
-    return _build(StrategyConfig, tree, "strategy.")
+    return build_section(StrategyConfig, tree, "strategy.")
 
 
 def apply_strategy(model: nn.Module, strategy, *, head_names: Sequence[str] = HEAD_NAMES,
@@ -168,10 +166,8 @@ def apply_strategy(model: nn.Module, strategy, *, head_names: Sequence[str] = HE
 def replay_strategy(model: nn.Module, saved: dict) -> dict:
     """Put back the modules of the strategy a fine-tuned model was trained with, from the
     `strategy` entry of its task.json (before its weights are loaded)."""
-    from zerolm.config import _build
-
     tree = upgrade_strategy_keys(dict(saved or {"name": "full"}), "task.json strategy")
-    settings = _build(StrategyConfig, tree, "strategy.")
+    settings = build_section(StrategyConfig, tree, "strategy.")
     # prompt and prefix init draw random numbers that the loaded weights replace: loading
     # a model must not move the caller's random state
     with torch.random.fork_rng(devices=[]):

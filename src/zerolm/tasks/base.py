@@ -141,3 +141,15 @@ def scalars(report: dict[str, Any]) -> dict[str, float]:
     """The top-level numbers of a report (what the loop logs as val_*)."""
     return {k: float(v) for k, v in report.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class TaskDefaults:
+    """What most fine-tuning tasks do for the optional parts of the protocol: a prediction
+    record is returned as the task made it, files are written by the generic writer."""
+
+    def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
+        return prediction
+
+    @staticmethod
+    def write_predictions(records: list[dict[str, Any]], path: Path) -> str | None:
+        return None  # the generic TSV / JSONL writer

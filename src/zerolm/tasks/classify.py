@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from zerolm.data.labelled import ClassificationBatches, Example, LabelSet, read_examples
 from zerolm.errors import ConfigError, DataError
 from zerolm.eval.metrics import classification_report, format_report
-from zerolm.tasks.base import FinetuneSetup, device_of, to_device
+from zerolm.tasks.base import FinetuneSetup, TaskDefaults, device_of, to_device
 
 
-class ClassificationTask:
+class ClassificationTask(TaskDefaults):
     name: ClassVar[str] = "classify"
     metric: ClassVar[str] = "accuracy"
     loss_unit: ClassVar[str] = "nats / example"
@@ -161,13 +161,6 @@ class ClassificationTask:
         y = LabelSet(self.label_names).encode(ex)
         return ClassificationBatches(ex, y, self.tokenizer, max_length=max_length or self.max_length,
                                      batch_size=batch_size, seed=seed, micro_per_step=micro_per_step)
-
-    def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
-        return prediction
-
-    @staticmethod
-    def write_predictions(records: list[dict], path: Path) -> str | None:
-        return None  # the generic TSV / JSONL writer
 
     def output_columns(self, prediction: dict) -> dict:
         return {"pred_label": prediction["label"],

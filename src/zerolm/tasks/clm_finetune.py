@@ -14,11 +14,11 @@ import torch
 
 from zerolm.data.prompts import PromptBatches, PromptCompletionBatches, read_prompt_completions
 from zerolm.errors import DataError
-from zerolm.tasks.base import FinetuneSetup
+from zerolm.tasks.base import FinetuneSetup, TaskDefaults
 from zerolm.tasks.clm import CausalLMTask
 
 
-class CompletionTask(CausalLMTask):
+class CompletionTask(TaskDefaults, CausalLMTask):
     name: ClassVar[str] = "clm"
     metric: ClassVar[str] = "perplexity"
     loss_unit: ClassVar[str] = "nats / token"
@@ -103,13 +103,6 @@ class CompletionTask(CausalLMTask):
                                      completion_column=self.completion_column)
         return PromptCompletionBatches(ex, self.tokenizer, max_length=max_length or self.max_length,
                                        batch_size=batch_size, seed=seed, micro_per_step=micro_per_step)
-
-    def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
-        return prediction
-
-    @staticmethod
-    def write_predictions(records: list[dict], path: Path) -> str | None:
-        return None  # the generic TSV / JSONL writer
 
     def output_columns(self, prediction: dict) -> dict:
         return {"pred_completion": prediction["completion"]}
