@@ -460,7 +460,8 @@ def check_writable_dir(path: str | os.PathLike, key: str = "out_dir") -> Path:
 class StudentConfig:
     n_layers: int = 0  # blocks of the student; 0: the teacher's
     d_model: int = 0  # width; 0: the teacher's (a narrower student cannot copy teacher weights)
-    n_heads: int = 0  # attention heads; 0: the teacher's (attention / minilm losses need the same)
+    n_heads: int = 0  # attention heads; 0: the teacher's (attention / minilm losses need the same,
+    # unless distill.relation_heads is set)
     d_ff: int = 0  # feed-forward width; 0: the teacher's
     init: str = "teacher_layers"  # teacher_layers | bottom | random | a model directory to start from
     layers: list[int] = field(default_factory=list)  # teacher_layers: which teacher blocks (default evenly spaced)
@@ -476,8 +477,66 @@ class DistillLossConfig:
     hidden: float = 0.0  # weight of TinyBERT's hidden-state MSE (projected when widths differ)
     attention: float = 0.0  # weight of TinyBERT's attention-map MSE
     minilm: float = 0.0  # weight of MiniLM's last-layer attention + value-relation KL
+    # minilm with relation_heads > 0: MiniLMv2's query, key and value relations split into this
+    # many relation heads, which frees the student's head count (it must divide both widths)
+    relation_heads: int = 0
     layer_map: str | list[int] = "uniform"  # teacher layer of each student layer: uniform, last, or a list
     latency_repeats: int = 10  # forward passes timed per model for the report (median)
+
+
+LOSS_WEIGHTS = ("hard", "soft", "embedding", "hidden", "attention", "minilm")
+INTERMEDIATE_LOSSES = ("embedding", "hidden", "attention", "minilm")  # need no labels nor task head
+
+
+def _check_losses(d: DistillLossConfig, key: str) -> None:
+    for k in LOSS_WEIGHTS:
+        if getattr(d, k) < 0:
+            raise ConfigError(f"{key}.{k} must be >= 0, got {getattr(d, k)}")
+    if not any(getattr(d, k) for k in LOSS_WEIGHTS):
+        raise ConfigError(f"{key}: every loss weight is 0; give at least one (e.g. {key}.soft=1)")
+    if not d.temperature > 0:
+        raise ConfigError(f"{key}.temperature must be > 0, got {d.temperature}")
+    if d.relation_heads < 0:
+        raise ConfigError(f"{key}.relation_heads must be >= 0, got {d.relation_heads}")
+
+
+@dataclass
+class GeneralDistillConfig:
+    """TinyBERT's first stage: the student learns the teacher's hidden states and attention
+    on unlabelled text (intermediate losses only), before task distillation. Runs when
+    data.train is set, in OUT_DIR/general; the task stage then starts from its student."""
+
+    teacher: str = ""  # a pretrained model (zerolm, HF directory, python:PKG); "": the task teacher's body
+    data: DataConfig = field(default_factory=DataConfig)  # text files; block_size = tokens per input
+    distill: DistillLossConfig = field(default_factory=lambda: DistillLossConfig(
+        hard=0.0, soft=0.0, embedding=1.0, hidden=1.0, attention=1.0))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="linear", warmup_steps=0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=0, batch_size=32, eval_every=0, save_every=500, keep_final=False,
+        keep_checkpoints_when_done=False, early_stopping=EarlyStoppingConfig("val_loss", "min", 0)))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.data.train)
+
+    def validate(self) -> None:
+        d = self.distill
+        _check_losses(d, "general.distill")
+        labelled = [k for k in ("hard", "soft") if getattr(d, k)]
+        if labelled:
+            raise ConfigError(f"general.distill.{labelled[0]}={getattr(d, labelled[0])}: general distillation "
+                              f"reads unlabelled text and learns only the intermediate losses "
+                              f"({', '.join(INTERMEDIATE_LOSSES)}); set general.distill.hard=0 and "
+                              f"general.distill.soft=0")
+        if self.train.max_steps <= 0:
+            raise ConfigError("general.train.max_steps: general distillation on text needs a number of steps")
+        if self.data.block_size < 3:
+            raise ConfigError(f"general.data.block_size must be >= 3 tokens, got {self.data.block_size}")
+        if not 0 < self.data.val_fraction < 1 and not self.data.val:
+            raise ConfigError(f"general.data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
+        _check_optim_schedule(self.optim, self.schedule)
+        _check_train(self.train)
 
 
 @dataclass
@@ -485,9 +544,16 @@ class DistillConfig:
     out_dir: str = "runs/distill"  # where the student, metrics and reports go
     teacher: str = ""  # a fine-tuned run (or its best/), a zerolm or Hugging Face causal LM: what zerolm.load takes
     student: StudentConfig = field(default_factory=StudentConfig)
+    # optional first stage on unlabelled text (general.data.train set); the task stage below
+    # then starts from its student
+    general: GeneralDistillConfig = field(default_factory=GeneralDistillConfig)
     distill: DistillLossConfig = field(default_factory=DistillLossConfig)
+    # also train the same student on the labels alone (same initialisation, steps and
+    # optimiser) into OUT_DIR/kd_baseline, so the report shows what distillation added
+    kd_baseline: bool = False
     # labelled files in the teacher's training format (a causal-LM teacher: text files);
-    # data.max_length: tokens per input (causal LM: per training window)
+    # data.max_length: tokens per input (causal LM: per training window). Empty with a
+    # general stage: the run is general distillation only.
     data: LabelledDataConfig = field(default_factory=LabelledDataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="linear", warmup_steps=0))
@@ -495,19 +561,26 @@ class DistillConfig:
         max_steps=0, batch_size=32, eval_every=0, save_every=0, keep_final=False,
         keep_checkpoints_when_done=False, early_stopping=EarlyStoppingConfig("val_loss", "min", 0)))
 
+    @property
+    def has_task_stage(self) -> bool:
+        return bool(self.data.train or self.data.dev)
+
     def validate(self) -> DistillConfig:
         if not self.teacher:
             raise ConfigError("teacher: give the model to distil (a fine-tuned run, or a causal LM)")
+        if self.general.enabled:
+            self.general.validate()
+        if not self.has_task_stage:
+            if not self.general.enabled:
+                raise ConfigError("data.train and data.dev: give the training and validation files (or "
+                                  "general.data.train for general distillation on text alone)")
+            if self.kd_baseline:
+                raise ConfigError("kd_baseline compares task distillation with training on the labels: "
+                                  "it needs data.train and data.dev")
+            return self
         if not self.data.train or not self.data.dev:
             raise ConfigError("data.train and data.dev: give the training and validation files")
-        d = self.distill
-        for k in ("hard", "soft", "embedding", "hidden", "attention", "minilm"):
-            if getattr(d, k) < 0:
-                raise ConfigError(f"distill.{k} must be >= 0, got {getattr(d, k)}")
-        if not any(getattr(d, k) for k in ("hard", "soft", "embedding", "hidden", "attention", "minilm")):
-            raise ConfigError("distill: every loss weight is 0; give at least one (e.g. distill.soft=1)")
-        if not d.temperature > 0:
-            raise ConfigError(f"distill.temperature must be > 0, got {d.temperature}")
+        _check_losses(self.distill, "distill")
         if self.train.epochs <= 0 and self.train.max_steps <= 0:
             raise ConfigError("a distillation run needs a length: set train.epochs or train.max_steps")
         if self.data.max_length < 2:

@@ -444,3 +444,32 @@ def test_layer_map_errors_name_the_bad_entry_and_the_valid_range():
         layer_map(3, 6, "first")
     with pytest.raises(ValueError, match="needs no more student layers than teacher layers"):
         layer_map(6, 3, "uniform")
+
+
+def test_relation_kl_is_zero_for_a_copy_and_matches_the_per_head_form():
+    from zerolm.distill.losses import relation_kl, split_values, value_relation_kl
+
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 12, requires_grad=True), torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    assert relation_kl(t, t, 4, mask).item() == pytest.approx(0.0, abs=1e-7)
+    got = relation_kl(s, t, 4, mask)
+    want = value_relation_kl(split_values(s, 4), split_values(t, 4), mask)
+    assert torch.allclose(got, want)
+    # by hand: KL(softmax(t_r t_r^T / sqrt(d)) || softmax(s_r s_r^T / sqrt(d))) per relation head r,
+    # over real keys, averaged over heads and real queries
+    total, n = 0.0, 0
+    for b in range(2):
+        keep = int(mask[b].sum())
+        for r in range(4):
+            sr, tr = s[b, :keep, r * 3:(r + 1) * 3], t[b, :keep, r * 2:(r + 1) * 2]
+            p = torch.softmax(tr @ tr.T / 2 ** 0.5, -1)
+            log_q = torch.log_softmax(sr @ sr.T / 3 ** 0.5, -1)
+            total = total + (p * (p.log() - log_q)).sum()
+            n += keep
+    assert got.item() == pytest.approx((total / n).item(), rel=1e-5)
+    g1, = torch.autograd.grad(got, s)
+    g2, = torch.autograd.grad(total / n, s)
+    assert torch.allclose(g1, g2, atol=1e-6)
+    with pytest.raises(ValueError, match="does not split into 5 relation heads"):
+        relation_kl(s, t, 5)

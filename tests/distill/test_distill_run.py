@@ -115,3 +115,78 @@ def test_a_causal_lm_distils_with_chunked_soft_targets(tmp_path):
     assert any("soft_loss" in r and torch.isfinite(torch.tensor(r["soft_loss"])) for r in rows)
     lm = zerolm.load(tmp_path / "s" / "final")
     assert len(lm.generate(["The "], max_new_tokens=5, greedy=True)[0]) == 5
+
+
+def test_general_then_task_distillation_chain_with_kd_baseline(teacher, tmp_path, caplog):
+    """TinyBERT's two stages in one config: a narrower student (other head count, MiniLMv2
+    relations) learns the teacher's hidden states on unlabelled text, then the task starts
+    from that student; kd_baseline trains the same start on the labels alone."""
+    out = tmp_path / "chain"
+    over = ["student.d_model=16", "student.n_heads=2", "student.init=random", "distill.attention=0",
+            "distill.minilm=1", "distill.relation_heads=4", "train.max_steps=4", "train.epochs=0",
+            "kd_baseline=true", "general.data.train=[pkg:quickstart/corpus.txt]", "general.data.block_size=24",
+            "general.train.max_steps=6", "general.train.eval_every=3", "general.train.batch_size=8",
+            "general.train.progress=false", "general.distill.attention=0", "general.distill.minilm=1",
+            "general.distill.relation_heads=4"]
+    with caplog.at_level("INFO", logger="zerolm.train.distill"):
+        result, report = distill(cfg(teacher, out, *over))
+    g_rows = [json.loads(x) for x in (out / "general" / "metrics.jsonl").read_text().splitlines()]
+    assert {"hidden_loss", "embedding_loss", "minilm_loss"} <= {k for r in g_rows for k in r}
+    assert not any("hard_loss" in r or "soft_loss" in r for r in g_rows)  # unlabelled text: no task losses
+    assert (out / "general" / "best" / "model.safetensors").exists()
+    assert report["general"]["steps"] == 6
+    # the task stage started from the general student, not from a random one
+    starts = [r.getMessage() for r in caplog.records if "student 1 layers" in r.getMessage()]
+    assert len(starts) == 3 and "random initialisation" in starts[0]  # general, task, kd_baseline
+    assert all(f"weights of {out / 'general' / 'best'}" in m for m in starts[1:])
+    saved = json.loads((out / "distill.json").read_text())
+    assert saved["kd_baseline"]["accuracy"] == pytest.approx(report["kd_baseline"]["accuracy"])
+    assert saved["gain_over_kd_baseline"] == pytest.approx(saved["student"]["accuracy"]
+                                                           - saved["kd_baseline"]["accuracy"])
+    b_rows = [json.loads(x) for x in (out / "kd_baseline" / "metrics.jsonl").read_text().splitlines()]
+    assert any("hard_loss" in r for r in b_rows) and not any("soft_loss" in r for r in b_rows)
+    assert zerolm.load(out / "kd_baseline").model.config.d_model == 16
+    # a resume finds every stage ended and runs none again
+    before = {p: (p / "metrics.jsonl").stat().st_mtime_ns for p in (out, out / "general", out / "kd_baseline")}
+    again, report2 = distill(cfg(teacher, out, *over), resume=True)
+    assert {p: (p / "metrics.jsonl").stat().st_mtime_ns for p in before} == before
+    assert report2["student"] == report["student"] and report2["kd_baseline"] == report["kd_baseline"]
+
+
+def test_an_interrupted_general_stage_resumes_and_the_task_stage_follows(teacher, tmp_path):
+    from zerolm.train.loop import Trainer
+
+    out = tmp_path / "r"
+    over = ["general.data.train=[pkg:quickstart/corpus.txt]", "general.train.max_steps=4",
+            "general.train.save_every=2", "general.train.progress=false", "train.max_steps=2", "train.epochs=0"]
+    original_fit = Trainer.fit
+
+    def stop_after_two(self):  # the general stage is interrupted at step 2, as Ctrl-C would
+        if self.out_dir.name == "general":
+            self.callbacks.append(lambda tr, step, row: tr.request_stop() if step == 2 else None)
+        return original_fit(self)
+
+    Trainer.fit = stop_after_two
+    try:
+        result, report = distill(cfg(teacher, out, *over))
+    finally:
+        Trainer.fit = original_fit
+    assert result.interrupted and report["general"]["steps"] == 2 and not (out / "best").exists()
+    result, report = distill(cfg(teacher, out, *over), resume=True)
+    assert report["general"]["steps"] == 4 and (out / "best" / "model.safetensors").exists()
+    steps = [json.loads(x)["step"] for x in (out / "general" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 4
+
+
+def test_general_distillation_alone_and_its_config_errors(teacher, tmp_path):
+    out = tmp_path / "g"
+    result, report = distill(cfg(teacher, out, "data.train=", "data.dev=", "general.data.train=[pkg:quickstart/corpus.txt]",
+                                 "general.train.max_steps=2", "general.train.progress=false"))
+    assert report == {"general": report["general"]} and result.step == 2
+    assert json.loads((out / "distill.json").read_text())["general"]["steps"] == 2
+    with pytest.raises(ConfigError, match="general distillation reads unlabelled text"):
+        cfg(teacher, tmp_path / "x", "general.data.train=[pkg:quickstart/corpus.txt]", "general.train.max_steps=2",
+            "general.distill.soft=1")
+    with pytest.raises(ConfigError, match="relation_heads=3 does not divide"):
+        distill(cfg(teacher, tmp_path / "y", "distill.minilm=1", "distill.relation_heads=3", "distill.attention=0",
+                    "train.max_steps=1"))

@@ -1,4 +1,5 @@
-"""Batches for self-supervised pretraining: causal-LM windows and masked-LM examples.
+"""Batches for self-supervised training: causal-LM windows, masked-LM examples, and plain
+sentences (general distillation).
 
 Every training batch is a pure function of (seed, step, index), where `index` numbers
 the micro-batches of one optimizer step across gradient accumulation and processes.
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from zerolm.data.batching import BucketedBatches
 from zerolm.data.corpus import TokenCorpus
 from zerolm.data.masking import IGNORE_INDEX, mask_tokens
 
@@ -167,3 +169,32 @@ class MaskedLMBatches:
 
 
 __all__ = ["CausalLMBatches", "MaskedLMBatches", "IGNORE_INDEX"]
+
+
+class SentenceBatches(BucketedBatches):
+    """Unlabelled lines as encoder inputs, `[CLS] line [SEP]` truncated to `block_size`
+    tokens and padded per batch (batches group similar lengths): the text of general
+    distillation, which feeds teacher and student the same unmasked input."""
+
+    def __init__(self, corpus: TokenCorpus, tokenizer, block_size: int, batch_size: int, seed: int,
+                 micro_per_step: int = 1):
+        self.cls, self.sep, self.pad = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
+        if None in (self.cls, self.sep, self.pad):
+            raise ValueError("encoder inputs need a tokenizer with [CLS], [SEP] and [PAD]")
+        self.c, self.block_size = corpus, block_size
+        lengths = np.diff(corpus.lines)
+        self.rows = np.flatnonzero(lengths > 0)  # lines with tokens; blank lines end documents
+        if not len(self.rows):
+            raise ValueError("no non-empty lines to batch")
+        super().__init__(np.minimum(lengths[self.rows], block_size - 2) + 2, batch_size=batch_size,
+                         seed=seed, micro_per_step=micro_per_step)
+
+    def collate(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        T = int(self.lengths[indices].max())
+        ids = torch.full((len(indices), T), self.pad, dtype=torch.long)
+        for r, i in enumerate(indices):
+            line = np.asarray(self.c.line(int(self.rows[i]))[: self.block_size - 2], dtype=np.int64)
+            ids[r, : len(line) + 2] = torch.cat([torch.tensor([self.cls]), torch.from_numpy(line),
+                                                 torch.tensor([self.sep])])
+        attn = (torch.arange(T)[None] < torch.as_tensor(self.lengths[indices])[:, None]).long()
+        return {"input_ids": ids, "attention_mask": attn, "token_type_ids": torch.zeros_like(ids)}

@@ -393,6 +393,24 @@ def minilm_relation_loss(
             + value_relation_kl(student_values, teacher_values, mask))
 
 
+def relation_kl(
+    student: torch.Tensor,  # (B, T, Ds) a projection's output (queries, keys or values)
+    teacher: torch.Tensor,  # (B, T, Dt): widths may differ
+    relation_heads: int,
+    mask: torch.Tensor | None = None,  # (B, T): 1 = real token
+) -> torch.Tensor:
+    """MiniLMv2's multi-head self-attention relation transfer for one of Q, K, V: both
+    sides are concatenated over their attention heads and split again into
+    `relation_heads` relation heads (so the head counts of student and teacher are free),
+    then compared as `value_relation_kl` does."""
+    for who, x in (("student", student), ("teacher", teacher)):
+        if x.dim() != 3 or x.shape[-1] % relation_heads:
+            raise ValueError(f"relation_kl: the {who}'s width {x.shape[-1]} does not split into "
+                             f"{relation_heads} relation heads (distill.relation_heads must divide "
+                             "the student's and the teacher's attention width)")
+    return value_relation_kl(split_values(student, relation_heads), split_values(teacher, relation_heads), mask)
+
+
 def split_values(v_proj_output: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(B, T, H * Dh) -> (B, H, T, Dh): a block's `attn.v_proj` output (caught with a
     forward hook) split into heads in the layout the attention uses."""

@@ -13,7 +13,11 @@ forward. The loss is a weighted sum of any subset of:
   learned projection when the widths differ) and attention-map MSE, student layer i
   against teacher layer `layer_map[i]`;
 - `minilm`: MiniLM's last-layer attention distributions and value relations (KL), which
-  need no projection.
+  need no projection; with `relation_heads` > 0, MiniLMv2's query, key and value relations
+  split into that many relation heads, which need the same head count on neither side.
+
+The kind "general" is TinyBERT's general distillation: unlabelled text, no task head,
+intermediate losses only.
 
 A CRF student trains its emissions on the teacher's (soft) and its transitions on the
 labels (hard, through emissions it does not move), as the task distillation of taggers
@@ -24,6 +28,7 @@ Shape letters: B batch, T tokens, D width, C classes, V vocabulary, L layers.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -35,6 +40,7 @@ from zerolm.distill.losses import (
     chunked_lm_kl,
     hidden_mse,
     minilm_relation_loss,
+    relation_kl,
     soft_target_loss,
     split_values,
 )
@@ -48,7 +54,41 @@ INTERMEDIATE = ("embedding", "hidden", "attention", "minilm")
 
 def _needs(w) -> tuple[bool, bool]:
     """(hidden states, attention maps) the weighted losses read."""
-    return bool(w.embedding or w.hidden), bool(w.attention or w.minilm)
+    return bool(w.embedding or w.hidden), bool(w.attention or (w.minilm and not w.relation_heads))
+
+
+def _projections(w) -> tuple[str, ...]:
+    """The last block's attention projections the MiniLM losses read (caught by hooks)."""
+    if not w.minilm:
+        return ()
+    return ("q_proj", "k_proj", "v_proj") if w.relation_heads else ("v_proj",)
+
+
+def needs_teacher(w) -> bool:
+    """Whether any weighted loss reads the teacher (a labels-only run does not)."""
+    return any(getattr(w, k) for k in ("soft", *INTERMEDIATE))
+
+
+@contextmanager
+def _captured(body, names: tuple[str, ...]):
+    """{name: output} of the named projections of the body's last attention block, filled
+    by forward hooks while the `with` block runs."""
+    out: dict[str, torch.Tensor] = {}
+    attn = body.blocks[-1].attn
+    hooks = [getattr(attn, n).register_forward_hook(lambda m, i, o, n=n: out.setdefault(n, o)) for n in names]
+    try:
+        yield out
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _minilm(w, body, s_out, s_proj: dict, teacher: dict, mask) -> torch.Tensor:
+    if w.relation_heads:  # MiniLMv2: Q-Q, K-K and V-V relations, summed as in the paper
+        return sum(relation_kl(s_proj[n], teacher["projections"][n], w.relation_heads, mask)
+                   for n in ("q_proj", "k_proj", "v_proj"))
+    s_v = split_values(s_proj["v_proj"], body.blocks[-1].attn.n_heads)
+    return minilm_relation_loss(s_out.attentions[-1], teacher["attentions"][-1], s_v, teacher["values"], mask=mask)
 
 
 class Distilled(nn.Module):
@@ -76,20 +116,15 @@ class Distilled(nn.Module):
             return self.student(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         body, w = body_of(self.student), self.w
         need_h, need_a = _needs(w)
-        values: dict[str, torch.Tensor] = {}
-        hook = None
-        if w.minilm:
-            hook = body.blocks[-1].attn.v_proj.register_forward_hook(lambda m, i, o: values.setdefault("v", o))
-        try:
+        with _captured(body, _projections(w)) as proj:
             out = body(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                        output_hidden_states=need_h, output_attentions=need_a)
-        finally:
-            if hook is not None:
-                hook.remove()
         h = out.last_hidden_state  # (B, T, D)
         losses: dict[str, torch.Tensor] = {}
         T = w.temperature
-        if self.kind == "classify":
+        if self.kind == "general":
+            pass  # text alone: the intermediate losses below
+        elif self.kind == "classify":
             logits = self.student.head(h, attention_mask).float()  # (B, C)
             if w.hard:
                 losses["hard"] = F.cross_entropy(logits, labels)
@@ -125,9 +160,7 @@ class Distilled(nn.Module):
                      for i, j in enumerate(self.layer_map)]
             losses["attention"] = torch.stack(terms).mean()
         if w.minilm:
-            s_v = split_values(values["v"], body.blocks[-1].attn.n_heads)
-            losses["minilm"] = minilm_relation_loss(out.attentions[-1], teacher["attentions"][-1], s_v,
-                                                    teacher["values"], mask=mask)
+            losses["minilm"] = _minilm(w, body, out, proj, teacher, mask)
         total = sum(getattr(w, k) * v for k, v in losses.items())
         return total, {f"{k}_loss": v.detach() for k, v in losses.items()}
 
@@ -140,30 +173,27 @@ class DistillObjective:
     def __init__(self, teacher: nn.Module, task, kind: str, weights):
         self.teacher = teacher.eval().requires_grad_(False)
         self.task, self.kind, self.w = task, kind, weights
-        self.loss_unit = task.loss_unit
+        # general distillation mixes MSE and KL terms: its loss has no single unit
+        self.loss_unit = task.loss_unit if kind != "general" else "weighted distillation loss"
 
     @torch.no_grad()
     def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if not needs_teacher(self.w):  # the labels alone (kd_baseline): the teacher would idle
+            return {}
         body = body_of(self.teacher)
         need_h, need_a = _needs(self.w)
-        values: dict[str, torch.Tensor] = {}
-        hook = None
-        if self.w.minilm:
-            hook = body.blocks[-1].attn.v_proj.register_forward_hook(lambda m, i, o: values.setdefault("v", o))
-        try:
+        with _captured(body, _projections(self.w)) as proj:
             out = body(batch["input_ids"], attention_mask=batch.get("attention_mask"),
                        token_type_ids=batch.get("token_type_ids"), output_hidden_states=need_h,
                        output_attentions=need_a)
-        finally:
-            if hook is not None:
-                hook.remove()
-        t: dict[str, Any] = {"hidden_states": out.hidden_states, "attentions": out.attentions}
+        t: dict[str, Any] = {"hidden_states": out.hidden_states, "attentions": out.attentions,
+                             "projections": proj}
         if self.kind == "clm":
             t.update(hidden=out.last_hidden_state, head_weight=self.teacher.lm_head.weight)
-        else:
+        elif self.kind != "general" and self.w.soft:
             t["logits"] = self.teacher.head(out.last_hidden_state, batch.get("attention_mask")).float()
-        if self.w.minilm:
-            t["values"] = split_values(values["v"], body.blocks[-1].attn.n_heads)
+        if self.w.minilm and not self.w.relation_heads:
+            t["values"] = split_values(proj["v_proj"], body.blocks[-1].attn.n_heads)
         return t
 
     def loss(self, model, batch):
@@ -175,6 +205,17 @@ class DistillObjective:
                      word_ids=batch.get("word_ids"), teacher=t)
 
     def evaluate(self, model, batches) -> dict[str, Any]:
-        """The task's report on the student alone."""
-        student = getattr(model, "module", model).student
-        return self.task.evaluate(student, (to_device(b, device_of(student)) for b in batches))
+        """The task's report on the student alone; for general distillation (no task), the
+        distillation losses on the held-out text, averaged over its batches."""
+        model = getattr(model, "module", model)
+        student = model.student
+        if self.kind != "general":
+            return self.task.evaluate(student, (to_device(b, device_of(student)) for b in batches))
+        sums: dict[str, float] = {}
+        n = 0
+        for b in batches:
+            loss, parts = self.loss(model, to_device(b, device_of(student)))
+            for k, v in {"loss": loss, **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+        return {k: v / max(n, 1) for k, v in sums.items()}

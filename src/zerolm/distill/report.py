@@ -49,7 +49,12 @@ def plot(report: dict[str, Any], out_png: Path) -> Path:
 
     plt = pyplot()
     m = report["metric"]
-    panels = [(m, [report["teacher"].get(m, 0.0), report["student"].get(m, 0.0)]),
+    names = ["teacher", "student"]
+    scores = [report["teacher"].get(m, 0.0), report["student"].get(m, 0.0)]
+    if "kd_baseline" in report:
+        names.append("kd_baseline")
+        scores.append(report["kd_baseline"].get(m, 0.0))
+    panels = [(m, scores),
               ("parameters (M)", [report["teacher_params"] / 1e6, report["student_params"] / 1e6])]
     if "latency" in report:
         b = report["latency"]["batch_sizes"][-1]
@@ -57,7 +62,7 @@ def plot(report: dict[str, Any], out_png: Path) -> Path:
                                                 report["latency"]["student_ms"][-1]]))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=120)
     for ax, (label, values) in zip(axes, panels):
-        bars = ax.bar(["teacher", "student"], values, color=["#8C8C8C", "#4C72B0"])
+        bars = ax.bar(names[:len(values)], values, color=["#8C8C8C", "#4C72B0", "#DD8452"][:len(values)])
         for bar, v in zip(bars, values):
             ax.annotate(f"{v:.4g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
                         va="bottom", fontsize=8)

@@ -41,7 +41,8 @@ LOCK_FILE = ".lock"
 RUN_STATE = "run.json"  # written by the loop when fit ends: finished, stopped early or interrupted
 # what runs write into their directory: --overwrite removes these, and nothing else
 RUN_OUTPUTS = ("checkpoints", "best", "final", "tokenizer", "metrics.jsonl", "eval.json",
-               "config.yaml", "task.json", RUN_STATE)
+               "config.yaml", "task.json", RUN_STATE,
+               "general", "kd_baseline", "distill.json")  # distillation's stages and report
 RUN_OUTPUT_SUFFIXES = (".png",)  # plots: loss.png, confusion.png, entities.png...
 
 
@@ -65,13 +66,16 @@ class RunDir:
         self.close()
 
 
-def open_run_dir(out_dir: str | os.PathLike, *, resume: bool | str, overwrite: bool) -> RunDir:
+def open_run_dir(out_dir: str | os.PathLike, *, resume: bool | str, overwrite: bool,
+                 stages: tuple[str, ...] = ()) -> RunDir:
     """Lock `out_dir` for this run and check it may be used (see the module docstring).
 
     A used directory needs `resume` (True, or a checkpoint path) or `overwrite`, which
     deletes what the earlier run wrote (its tokenizer/ too, so that a new tokenizer
     setting is not silently ignored) and logs each entry removed. Under torchrun rank 0
-    checks and locks, and every rank raises the same error if it refuses.
+    checks and locks, and every rank raises the same error if it refuses. `stages` names
+    subdirectories that hold runs of earlier or later stages (distillation's general/):
+    their checkpoints, or a stage that ended, give a resume something to continue.
     """
     path = Path(out_dir)
     if resume and overwrite:
@@ -80,7 +84,7 @@ def open_run_dir(out_dir: str | os.PathLike, *, resume: bool | str, overwrite: b
     error: Exception | None = None
     if dist.is_main():
         try:
-            _open(run, resume=resume, overwrite=overwrite)
+            _open(run, resume=resume, overwrite=overwrite, stages=stages)
         except Exception as e:
             if not dist.is_distributed():
                 raise
@@ -94,7 +98,7 @@ def open_run_dir(out_dir: str | os.PathLike, *, resume: bool | str, overwrite: b
     return run
 
 
-def _open(run: RunDir, *, resume: bool | str, overwrite: bool) -> None:
+def _open(run: RunDir, *, resume: bool | str, overwrite: bool, stages: tuple[str, ...] = ()) -> None:
     path = run.path
     if path.exists() and not path.is_dir():
         raise ZeroLMError(f"out_dir {path} is a file, not a directory: choose another out_dir")
@@ -106,7 +110,9 @@ def _open(run: RunDir, *, resume: bool | str, overwrite: bool) -> None:
         if not used:
             return
         if resume:
-            if resume is True and not list_checkpoints(path / "checkpoints"):
+            staged = any(list_checkpoints(path / s / "checkpoints") or read_run_state(path / s)
+                         for s in stages)
+            if resume is True and not list_checkpoints(path / "checkpoints") and not staged:
                 state = read_run_state(path)
                 what = f"its run {state['status']} at step {state['step']}" if state else "it"
                 raise ZeroLMError(f"{path}: nothing to resume: {what} kept no resumable checkpoint "
