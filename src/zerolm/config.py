@@ -463,7 +463,9 @@ class StudentConfig:
     n_heads: int = 0  # attention heads; 0: the teacher's (attention / minilm losses need the same,
     # unless distill.relation_heads is set)
     d_ff: int = 0  # feed-forward width; 0: the teacher's
-    init: str = "teacher_layers"  # teacher_layers | bottom | random | a model directory to start from
+    # teacher_layers | bottom | teacher_embeddings (projected to a narrower width; blocks random)
+    # | random | a model directory to start from
+    init: str = "teacher_layers"
     layers: list[int] = field(default_factory=list)  # teacher_layers: which teacher blocks (default evenly spaced)
 
 

@@ -190,3 +190,25 @@ def test_general_distillation_alone_and_its_config_errors(teacher, tmp_path):
     with pytest.raises(ConfigError, match="relation_heads=3 does not divide"):
         distill(cfg(teacher, tmp_path / "y", "distill.minilm=1", "distill.relation_heads=3", "distill.attention=0",
                     "train.max_steps=1"))
+
+
+def test_teacher_embeddings_init_projects_onto_the_principal_directions():
+    import dataclasses
+
+    from zerolm.distill.student import initialise
+    from zerolm.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    t_cfg = ModelConfig(family="bert", vocab_size=99, d_model=32, n_layers=2, n_heads=4, d_ff=37, max_seq_len=16)
+    teacher = build_model(t_cfg)
+    student = build_model(dataclasses.replace(t_cfg, d_model=8, n_heads=2, n_layers=1))
+    note = initialise(student, teacher, "teacher_embeddings")
+    assert "projected to 8 of 32 dimensions" in note
+    w = teacher.body.tok_emb.weight.detach()
+    _, _, vh = torch.linalg.svd(w - w.mean(0), full_matrices=False)
+    assert torch.allclose(student.body.tok_emb.weight, w @ vh[:8].T, atol=1e-5)
+    assert torch.allclose(student.body.pos_emb.weight, teacher.body.pos_emb.weight.detach() @ vh[:8].T, atol=1e-5)
+    same = build_model(dataclasses.replace(t_cfg, n_layers=1))
+    initialise(same, teacher, "teacher_embeddings")
+    assert torch.equal(same.body.tok_emb.weight, teacher.body.tok_emb.weight)
+    assert not torch.equal(same.body.blocks[0].attn.q_proj.weight, teacher.body.blocks[0].attn.q_proj.weight)

@@ -43,11 +43,15 @@ def initialise(student: nn.Module, teacher: nn.Module, how: str, layers: list[in
     """Copy teacher weights into the student (in place) and say what was copied.
 
     `how`: "teacher_layers" (embeddings, the chosen blocks, the final norm, the task head),
-    "bottom" (the same with the bottom blocks), or "random" (nothing).
+    "bottom" (the same with the bottom blocks), "teacher_embeddings" (the embedding tables
+    alone, projected onto their principal directions when the student is narrower; any
+    width), or "random" (nothing).
     """
     if how == "random":
         return "random initialisation"
     s_body, t_body = body_of(student), body_of(teacher)
+    if how == "teacher_embeddings":
+        return _embeddings_from(s_body, t_body)
     Ls, Lt = len(s_body.blocks), len(t_body.blocks)
     if s_body.config.d_model != t_body.config.d_model:
         raise ValueError(f"student.init {how!r} copies teacher weights, which needs the teacher's width "
@@ -58,7 +62,8 @@ def initialise(student: nn.Module, teacher: nn.Module, how: str, layers: list[in
     elif how == "teacher_layers":
         chosen = list(layers) if layers else default_layers(Ls, Lt)
     else:
-        raise ValueError(f"student.init must be teacher_layers, bottom, random or a model directory, got {how!r}")
+        raise ValueError(f"student.init must be teacher_layers, bottom, teacher_embeddings, random or a model "
+                         f"directory, got {how!r}")
     if len(chosen) != Ls or any(not 0 <= i < Lt for i in chosen):
         raise ValueError(f"student.layers {chosen}: need {Ls} teacher block indices in 0..{Lt - 1}")
     t_sd = teacher.state_dict()
@@ -77,6 +82,39 @@ def initialise(student: nn.Module, teacher: nn.Module, how: str, layers: list[in
     return f"{copied} tensors from the teacher (blocks {chosen})"
 
 
+EMBEDDINGS = ("tok_emb", "pos_emb", "type_emb")
+
+
+@torch.no_grad()
+def _embeddings_from(s_body: nn.Module, t_body: nn.Module) -> str:
+    """The teacher's token, position and type embeddings in the student: as they are at
+    the same width; when the student is narrower, each table times P, the top Ds principal
+    directions (right singular vectors) of the centred token table (Dt, Ds), so the student
+    starts with the most of the teacher's word geometry that Ds dimensions hold."""
+    Ds = s_body.config.d_model
+    tok = t_body.tok_emb.weight.float()  # (V, Dt)
+    P = None
+    if tok.shape[1] != Ds:
+        if Ds > tok.shape[1]:
+            raise ValueError(f"student.init teacher_embeddings: the student (d_model {Ds}) is wider than the "
+                             f"teacher ({tok.shape[1]}); a projection can only narrow")
+        _, S, Vh = torch.linalg.svd(tok - tok.mean(0), full_matrices=False)
+        P = Vh[:Ds].T  # (Dt, Ds)
+        kept = float((S[:Ds] ** 2).sum() / (S ** 2).sum())
+    copied = []
+    for name in EMBEDDINGS:
+        src, dst = getattr(t_body, name, None), getattr(s_body, name, None)
+        if src is None or dst is None or src.weight.shape[0] != dst.weight.shape[0]:
+            continue
+        w = src.weight.float()
+        dst.weight.copy_((w @ P if P is not None else w).to(dst.weight.dtype))
+        copied.append(name)
+    if P is None:
+        return f"teacher embeddings ({', '.join(copied)}); blocks random"
+    return (f"teacher embeddings ({', '.join(copied)}) projected to {Ds} of {tok.shape[1]} dimensions "
+            f"({100 * kept:.1f}% of the token table's variance); blocks random")
+
+
 def make_student(teacher, shape: dict[str, int], init: str, layers: list[int] | None = None):
     """(student task model, its task, what initialised it) for a loaded teacher (a
     zerolm.loading.Predictor): the teacher's task rebuilt on a smaller body."""
@@ -85,7 +123,7 @@ def make_student(teacher, shape: dict[str, int], init: str, layers: list[int] | 
 
     t_model = teacher.model
     cfg = student_config(t_model.config, shape)
-    from_dir = init not in ("teacher_layers", "bottom", "random")
+    from_dir = init not in ("teacher_layers", "bottom", "teacher_embeddings", "random")
     if from_dir:
         base, tok = load_model(init)
         if tok is not None and teacher.tokenizer is not None and tok.vocab_size != teacher.tokenizer.vocab_size:

@@ -156,7 +156,7 @@ def _general_stage(cfg: DistillConfig, task_teacher, device, resume, run_dir: Pa
     torch.manual_seed(g.train.seed)
     s = cfg.student
     try:
-        if s.init in ("teacher_layers", "bottom", "random"):
+        if s.init in ("teacher_layers", "bottom", "teacher_embeddings", "random"):
             student = build_model(student_config(t_body.config, dataclasses.asdict(s)))
             how = initialise(body_of(student), t_body, s.init, s.layers)
         else:
