@@ -115,6 +115,13 @@ def test_a_causal_lm_distils_with_chunked_soft_targets(tmp_path):
     assert any("soft_loss" in r and torch.isfinite(torch.tensor(r["soft_loss"])) for r in rows)
     lm = zerolm.load(tmp_path / "s" / "final")
     assert len(lm.generate(["The "], max_new_tokens=5, greedy=True)[0]) == 5
+    # a plain GPT student exports to Hugging Face with the same logits
+    transformers = pytest.importorskip("transformers")
+    assert main(["convert", "--to", "hf", str(tmp_path / "s" / "final"), str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.tensor([lm.tokenizer.encode("To be, or not")])
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - lm.model.eval()(ids)).abs().max() <= 1e-5
 
 
 def test_general_then_task_distillation_chain_with_kd_baseline(teacher, tmp_path, caplog):
@@ -184,6 +191,14 @@ def test_general_distillation_alone_and_its_config_errors(teacher, tmp_path):
                                  "general.train.max_steps=2", "general.train.progress=false"))
     assert report == {"general": report["general"]} and result.step == 2
     assert json.loads((out / "distill.json").read_text())["general"]["steps"] == 2
+    # the general student is a plain BERT: Hugging Face takes it with the same hidden states
+    transformers = pytest.importorskip("transformers")
+    assert main(["convert", "--to", "hf", str(out / "general" / "best"), str(tmp_path / "hf")]) == 0
+    hf = transformers.BertModel.from_pretrained(tmp_path / "hf", add_pooling_layer=False).eval()
+    ours = zerolm.load(out / "general" / "best").model.eval()
+    ids = torch.tensor([[2, 40, 41, 42, 3]])
+    with torch.no_grad():
+        assert (hf(input_ids=ids).last_hidden_state - ours.body(ids).last_hidden_state).abs().max() <= 1e-5
     with pytest.raises(ConfigError, match="general distillation reads unlabelled text"):
         cfg(teacher, tmp_path / "x", "general.data.train=[pkg:quickstart/corpus.txt]", "general.train.max_steps=2",
             "general.distill.soft=1")
