@@ -227,3 +227,18 @@ def test_teacher_embeddings_init_projects_onto_the_principal_directions():
     initialise(same, teacher, "teacher_embeddings")
     assert torch.equal(same.body.tok_emb.weight, teacher.body.tok_emb.weight)
     assert not torch.equal(same.body.blocks[0].attn.q_proj.weight, teacher.body.blocks[0].attn.q_proj.weight)
+
+
+def test_a_student_can_start_from_a_fine_tuned_model_of_the_task_head_and_all(teacher, tmp_path, caplog):
+    first = tmp_path / "first"
+    distill(cfg(teacher, first, "train.max_steps=2", "train.epochs=0"))
+    with caplog.at_level("INFO", logger="zerolm.train.distill"):
+        distill(cfg(teacher, tmp_path / "second", f"student.init={first / 'best'}", "train.max_steps=1",
+                    "train.epochs=0"))
+    assert any(f"weights of {first / 'best'} (with its task head)" in r.getMessage() for r in caplog.records)
+    # a model of another task is refused, naming both
+    tagger = tmp_path / "tagger"
+    finetune(load_config(TINY / "tag_ner.yaml", [f"out_dir={tagger}", "train.max_steps=1", "train.epochs=0",
+                                                 "train.progress=false"], cls=FinetuneConfig))
+    with pytest.raises(ConfigError, match="it is fine-tuned for tag"):
+        distill(cfg(teacher, tmp_path / "third", f"student.init={tagger / 'best'}"))

@@ -115,6 +115,30 @@ def _embeddings_from(s_body: nn.Module, t_body: nn.Module) -> str:
             f"({100 * kept:.1f}% of the token table's variance); blocks random")
 
 
+def _fine_tuned_like(init: str, teacher):
+    """The model at `init` loaded whole when it is fine-tuned for the teacher's task with the
+    teacher's labels and tokenizer; None when it is a pretrained model (a body to put the
+    task on). Another task or other labels is an error."""
+    from pathlib import Path
+
+    from zerolm.loading import load, read_task_meta, resolve_model_path
+
+    path = resolve_model_path(init)
+    meta = read_task_meta(Path(path)) if Path(path).is_dir() else None
+    if meta is None or not teacher.meta:
+        return None
+    if meta.get("task") != teacher.meta.get("task") or meta.get("labels") != teacher.meta.get("labels"):
+        raise ValueError(f"student.init {init}: it is fine-tuned for {meta.get('task')} with labels "
+                         f"{meta.get('labels')}, the teacher for {teacher.meta.get('task')} with labels "
+                         f"{teacher.meta.get('labels')}; start from a model of the teacher's task or a pretrained one")
+    pred = load(path)
+    if pred.tokenizer is not None and teacher.tokenizer is not None \
+            and pred.tokenizer.vocab_size != teacher.tokenizer.vocab_size:
+        raise ValueError(f"student.init {init}: its vocabulary ({pred.tokenizer.vocab_size}) is not the teacher's "
+                         f"({teacher.tokenizer.vocab_size}); teacher and student must share the tokenizer")
+    return pred
+
+
 def make_student(teacher, shape: dict[str, int], init: str, layers: list[int] | None = None):
     """(student task model, its task, what initialised it) for a loaded teacher (a
     zerolm.loading.Predictor): the teacher's task rebuilt on a smaller body."""
@@ -125,6 +149,9 @@ def make_student(teacher, shape: dict[str, int], init: str, layers: list[int] | 
     cfg = student_config(t_model.config, shape)
     from_dir = init not in ("teacher_layers", "bottom", "teacher_embeddings", "random")
     if from_dir:
+        whole = _fine_tuned_like(init, teacher)
+        if whole is not None:  # a model of the teacher's task (a pruned or earlier student): head and all
+            return whole.model, whole.task, f"weights of {init} (with its task head)"
         base, tok = load_model(init)
         if tok is not None and teacher.tokenizer is not None and tok.vocab_size != teacher.tokenizer.vocab_size:
             raise ValueError(f"student.init {init}: its vocabulary ({tok.vocab_size}) is not the teacher's "
