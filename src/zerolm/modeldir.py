@@ -41,7 +41,9 @@ def _dedup_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[s
     out, tied, seen = {}, {}, {}
     for k, v in model.state_dict().items():
         ptr = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-        if ptr in seen:
+        # empty tensors (a block whose heads or neurons were all pruned) share the null data
+        # pointer without being tied: each is stored under its own name
+        if ptr in seen and v.numel():
             tied[k] = seen[ptr]
             continue
         seen[ptr] = k

@@ -1,0 +1,49 @@
+"""Write a compressed model as a model directory every command loads (weights, config with
+the new per-layer shapes, tokenizer, task.json), plus compress.json: what was done to it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+from zerolm.errors import ConfigError
+from zerolm.modeldir import MODEL_FILE, TASK_FILE, save_model
+
+RECORD_FILE = "compress.json"
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """`out` if a model may be written there: absent, empty, or `overwrite`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} is not empty; choose another --out, or pass --overwrite to replace it")
+    return out
+
+
+def save_compressed(model: nn.Module, out: str | os.PathLike, *, tokenizer=None, meta: dict | None = None,
+                    record: dict | None = None, overwrite: bool = False) -> Path:
+    """Write `model` to `out` atomically (all or nothing): its weights and config, the
+    tokenizer, a fine-tuned model's task.json (`meta`) and compress.json (`record`)."""
+    out = check_out_dir(out, overwrite)
+    extra = {}
+    if meta:
+        extra[TASK_FILE] = json.dumps(meta, indent=2)
+    if record is not None:
+        extra[RECORD_FILE] = json.dumps(record, indent=2, default=str)
+    return save_model(model, out, tokenizer=tokenizer, extra_files=extra)
+
+
+def dir_bytes(directory: str | os.PathLike) -> int:
+    """Bytes of the files under `directory`."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
+def weight_bytes(directory: str | os.PathLike) -> int | None:
+    """Bytes of the weight file of a zerolm model directory (None when there is none)."""
+    p = Path(directory) / MODEL_FILE
+    return p.stat().st_size if p.exists() else None
