@@ -54,7 +54,16 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{directory}: model directory not found")
     if is_hf_dir(path):
         return load_hf(path, device)
-    return load_zerolm_model(path, device)
+    return load_zerolm_model(path, device, prepare=lambda model: replay_compression(model, path))
+
+
+def replay_compression(model, directory: Path) -> None:
+    """Put back the int8 modules a quantized model was saved with (its compress.json), in
+    place of the fp32 ones its config builds, before the weights load."""
+    if (directory / "compress.json").exists():  # zerolm.compress.save.RECORD_FILE
+        from zerolm.compress.save import replay_saved
+
+        replay_saved(model, directory)
 
 
 class Predictor:
@@ -188,8 +197,15 @@ def read_task_meta(directory: Path) -> dict | None:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
     """Load a model for use: a zerolm model directory, a fine-tuned run's best/ or final/
     (its task and strategy replayed from task.json; the run directory itself means its
-    best/), a local Hugging Face directory, or `python:PACKAGE`. The caller's random state
-    is left as it was (building a model draws initial weights the loaded ones replace)."""
+    best/), a local Hugging Face directory, or `python:PACKAGE`; or a directory written by
+    `zerolm export onnx` (or one of its .onnx files), run by onnxruntime with the same
+    predictions. The caller's random state is left as it was (building a model draws
+    initial weights the loaded ones replace)."""
+    from zerolm.export.runtime import is_onnx_dir, load_onnx
+
+    if is_onnx_dir(resolve_model_path(path)):  # the backend follows what the directory holds
+        model, tok, task, meta = load_onnx(resolve_model_path(path), device)
+        return Predictor(model, tok, task, meta, str(path))
     with torch.random.fork_rng(devices=[]):
         return _load(path, device)
 
@@ -221,5 +237,6 @@ def _load(path: str | os.PathLike, device: str | torch.device) -> Predictor:
     base = build_model(load_model_config(directory))
     model, task = finetune_task(meta["task"]).from_meta(meta, base, tok)
     replay_strategy(model, meta.get("strategy", {}))
+    replay_compression(model, directory)
     load_weights(model, directory / MODEL_FILE)
     return Predictor(model.to(device).eval(), tok, task, meta, str(path))

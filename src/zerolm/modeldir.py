@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -157,8 +158,10 @@ def load_model_config(directory: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(f"{p}: {e}") from None
 
 
-def load_zerolm_model(directory: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(pretraining model, tokenizer or None) from a zerolm model directory."""
+def load_zerolm_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
+                      prepare: Callable[[nn.Module], None] | None = None):
+    """(pretraining model, tokenizer or None) from a zerolm model directory. `prepare`
+    changes the freshly built model before its weights load (e.g. puts back int8 modules)."""
     from zerolm.tokenizers import Tokenizer
 
     directory = Path(directory)
@@ -166,6 +169,8 @@ def load_zerolm_model(directory: str | os.PathLike, device: str | torch.device =
         raise CheckpointError(f"{directory}: model directory not found")
     cfg = load_model_config(directory)
     model = build_model(cfg)
+    if prepare is not None:
+        prepare(model)
     load_weights(model, directory / MODEL_FILE)
     tok = Tokenizer.load(directory / "tokenizer") if (directory / "tokenizer").exists() else None
     return model.to(device).eval(), tok

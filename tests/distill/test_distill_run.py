@@ -242,3 +242,36 @@ def test_a_student_can_start_from_a_fine_tuned_model_of_the_task_head_and_all(te
                                                  "train.progress=false"], cls=FinetuneConfig))
     with pytest.raises(ConfigError, match="it is fine-tuned for tag"):
         distill(cfg(teacher, tmp_path / "third", f"student.init={tagger / 'best'}"))
+
+
+def test_teacher_pruned_init_at_full_size_is_the_teacher_and_narrower_keeps_whole_heads(teacher, tmp_path):
+    from zerolm.distill.student import initialise, make_student
+
+    pred = zerolm.load(teacher)
+    data = pred.task.labelled_batches("pkg:quickstart/reviews_dev.tsv", seed=0, batch_size=8, max_length=32)
+    sample = [data.batch(i, 0) for i in range(2)]
+    b = sample[0]
+    c = pred.model.config
+    # the same shape: every channel, head and neuron kept, so the student is the teacher
+    same, _, how = make_student(pred, {"n_layers": c.n_layers}, "teacher_pruned", None, sample)
+    with torch.no_grad():
+        want = pred.model.eval()(b["input_ids"], attention_mask=b["attention_mask"])
+        got = same.eval()(b["input_ids"], attention_mask=b["attention_mask"])
+    assert torch.allclose(got, want, atol=1e-5) and "teacher pruned" in how
+    # half the width and heads (same head size), fewer neurons: runs, and refuses another head size
+    half, _, _ = make_student(pred, {"d_model": c.d_model // 2, "n_heads": c.n_heads // 2, "d_ff": c.d_ff // 2},
+                              "teacher_pruned", None, sample)
+    with torch.no_grad():
+        assert torch.isfinite(half.eval()(b["input_ids"], attention_mask=b["attention_mask"])).all()
+    other = make_student(pred, {"d_model": c.d_model // 2, "n_heads": c.n_heads}, "random")[0]
+    with pytest.raises(ValueError, match="keeps whole heads"):
+        initialise(other, pred.model, "teacher_pruned", None, sample)
+    with pytest.raises(ValueError, match="needs sample batches"):
+        initialise(half, pred.model, "teacher_pruned", None, None)
+    # end to end: a general stage from the pruned teacher
+    result, report = distill(cfg(teacher, tmp_path / "p", f"student.d_model={c.d_model // 2}",
+                                 f"student.n_heads={c.n_heads // 2}", "student.init=teacher_pruned",
+                                 "distill.attention=0", "train.max_steps=2", "train.epochs=0",
+                                 "general.data.train=[pkg:quickstart/corpus.txt]", "general.train.max_steps=2",
+                                 "general.train.progress=false", "general.distill.attention=0"))
+    assert report["general"]["steps"] == 2 and report["student"]["accuracy"] >= 0

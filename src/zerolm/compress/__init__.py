@@ -6,7 +6,9 @@ other (`zerolm.compress.save.save_compressed`, `zerolm.load`).
 - `prune_heads`: remove attention heads (weight-norm or gradient importance);
 - `prune_ffn`: remove feed-forward neurons (same rules);
 - `low_rank`: SVD factorisation of chosen linears into `LowRankLinear`;
-- `magnitude`: unstructured magnitude pruning (zeros stored dense: no speed-up).
+- `magnitude`: unstructured magnitude pruning (zeros stored dense: no speed-up);
+- `int8_weight`: int8 weights + per-channel scales, dequantized per call (smaller, slower);
+- `int8_dynamic`: int8 weights and per-token int8 activations (smaller and faster on CPU).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from zerolm.compress.importance import IMPORTANCE
 from zerolm.compress.lowrank import factorise, low_rank
 from zerolm.compress.magnitude import NO_SPEEDUP, magnitude
 from zerolm.compress.prune import prune_ffn, prune_heads, remove_heads, remove_neurons
+from zerolm.compress.quant import SLOWER, int8_dynamic, int8_weight
 from zerolm.compress.save import save_compressed
 from zerolm.compress.surgery import count_parameters
 
 # the methods of `zerolm compress --method`
-METHODS = ("prune-heads", "prune-ffn", "low-rank", "magnitude")
+METHODS = ("prune-heads", "prune-ffn", "low-rank", "magnitude", "int8-weight", "int8-dynamic")
 
-__all__ = ["IMPORTANCE", "METHODS", "NO_SPEEDUP", "count_parameters", "factorise", "low_rank", "magnitude",
-           "prune_ffn", "prune_heads", "remove_heads", "remove_neurons", "save_compressed"]
+__all__ = ["IMPORTANCE", "METHODS", "NO_SPEEDUP", "SLOWER", "count_parameters", "factorise", "int8_dynamic",
+           "int8_weight", "low_rank", "magnitude", "prune_ffn", "prune_heads", "remove_heads", "remove_neurons",
+           "save_compressed"]

@@ -1,5 +1,6 @@
 """Write a compressed model as a model directory every command loads (weights, config with
-the new per-layer shapes, tokenizer, task.json), plus compress.json: what was done to it."""
+the new per-layer shapes, tokenizer, task.json), plus compress.json: what was done to it.
+compress.json's "quantization" entry is also what loading reads to rebuild int8 modules."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 from torch import nn
 
-from zerolm.errors import ConfigError
+from zerolm.compress.quant import quantization_record, replay_quantization
+from zerolm.errors import CheckpointError, ConfigError
 from zerolm.modeldir import MODEL_FILE, TASK_FILE, save_model
 
 RECORD_FILE = "compress.json"
@@ -33,9 +35,27 @@ def save_compressed(model: nn.Module, out: str | os.PathLike, *, tokenizer=None,
     extra = {}
     if meta:
         extra[TASK_FILE] = json.dumps(meta, indent=2)
+    quant = quantization_record(model)  # read from the model itself: whoever quantized it
+    if quant is not None:
+        record = {**(record or {}), "quantization": quant}
     if record is not None:
         extra[RECORD_FILE] = json.dumps(record, indent=2, default=str)
     return save_model(model, out, tokenizer=tokenizer, extra_files=extra)
+
+
+def replay_saved(model: nn.Module, directory: str | os.PathLike) -> None:
+    """Put back the int8 modules recorded in `directory`'s compress.json (if any) in place of
+    the fp32 ones of `model`, freshly built from the directory's config, before its
+    weights load (zerolm.loading calls this, as it replays a PEFT strategy)."""
+    path = Path(directory) / RECORD_FILE
+    if not path.exists():
+        return
+    try:
+        quant = json.loads(path.read_text(encoding="utf-8")).get("quantization")
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: unreadable compression record ({e})") from None
+    if quant is not None:
+        replay_quantization(model, quant, str(path))
 
 
 def dir_bytes(directory: str | os.PathLike) -> int:

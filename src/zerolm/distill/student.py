@@ -18,6 +18,7 @@ from zerolm.models import ModelConfig, body_of, build_model
 log = logging.getLogger(__name__)
 
 SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff")
+INITS = ("teacher_layers", "bottom", "teacher_embeddings", "teacher_pruned", "random")  # else a model directory
 
 
 def student_config(teacher: ModelConfig, shape: dict[str, int]) -> ModelConfig:
@@ -39,19 +40,24 @@ def default_layers(n_student: int, n_teacher: int) -> list[int]:
     return sorted({round(i * step) for i in range(n_student)}) if n_student <= n_teacher else []
 
 
-def initialise(student: nn.Module, teacher: nn.Module, how: str, layers: list[int] | None = None) -> str:
+def initialise(student: nn.Module, teacher: nn.Module, how: str, layers: list[int] | None = None,
+               sample: list[dict[str, torch.Tensor]] | None = None) -> str:
     """Copy teacher weights into the student (in place) and say what was copied.
 
     `how`: "teacher_layers" (embeddings, the chosen blocks, the final norm, the task head),
     "bottom" (the same with the bottom blocks), "teacher_embeddings" (the embedding tables
     alone, projected onto their principal directions when the student is narrower; any
-    width), or "random" (nothing).
+    width), "teacher_pruned" (the chosen blocks cut down to the student's width, heads and
+    FFN width by the activations they carry on `sample` batches, as Minitron prunes), or
+    "random" (nothing).
     """
     if how == "random":
         return "random initialisation"
     s_body, t_body = body_of(student), body_of(teacher)
     if how == "teacher_embeddings":
         return _embeddings_from(s_body, t_body)
+    if how == "teacher_pruned":
+        return _pruned_from(student, teacher, layers, sample)
     Ls, Lt = len(s_body.blocks), len(t_body.blocks)
     if s_body.config.d_model != t_body.config.d_model:
         raise ValueError(f"student.init {how!r} copies teacher weights, which needs the teacher's width "
@@ -60,12 +66,10 @@ def initialise(student: nn.Module, teacher: nn.Module, how: str, layers: list[in
     if how == "bottom":
         chosen = list(range(Ls))
     elif how == "teacher_layers":
-        chosen = list(layers) if layers else default_layers(Ls, Lt)
+        chosen = _chosen_layers(layers, Ls, Lt)
     else:
-        raise ValueError(f"student.init must be teacher_layers, bottom, teacher_embeddings, random or a model "
-                         f"directory, got {how!r}")
-    if len(chosen) != Ls or any(not 0 <= i < Lt for i in chosen):
-        raise ValueError(f"student.layers {chosen}: need {Ls} teacher block indices in 0..{Lt - 1}")
+        raise ValueError(f"student.init must be teacher_layers, bottom, teacher_embeddings, teacher_pruned, random "
+                         f"or a model directory, got {how!r}")
     t_sd = teacher.state_dict()
     copied = 0
     with torch.no_grad():
@@ -80,6 +84,134 @@ def initialise(student: nn.Module, teacher: nn.Module, how: str, layers: list[in
                 p.copy_(t_sd[src])
                 copied += 1
     return f"{copied} tensors from the teacher (blocks {chosen})"
+
+
+def _chosen_layers(layers: list[int] | None, Ls: int, Lt: int) -> list[int]:
+    chosen = list(layers) if layers else default_layers(Ls, Lt)
+    if len(chosen) != Ls or any(not 0 <= i < Lt for i in chosen):
+        raise ValueError(f"student.layers {chosen}: need {Ls} teacher block indices in 0..{Lt - 1}")
+    return chosen
+
+
+@torch.no_grad()
+def _importance(t_body: nn.Module, sample: list[dict[str, torch.Tensor]]):
+    """Activation importance on sample batches (Minitron, Muralidharan et al. 2024): per
+    residual channel the mean square over every layer's output; per head the norm of its
+    context vectors; per FFN neuron the mean magnitude of its activation; real tokens only.
+    Returns (channels (D,), [heads (H,)] per block, [neurons (F,)] per block)."""
+    blocks = t_body.blocks
+    heads = [torch.zeros(b.attn.n_heads) for b in blocks]
+    neurons = [torch.zeros(b.mlp.fc_out.in_features) for b in blocks]
+    channels = torch.zeros(t_body.config.d_model)
+    keep: dict[str, torch.Tensor] = {}
+
+    def on_heads(i):
+        def hook(module, args):
+            x = args[0].float()  # (B, T, H * Dh)
+            h = x.view(*x.shape[:2], heads[i].numel(), -1).norm(dim=-1)  # (B, T, H)
+            heads[i] += (h * keep["m"][..., None]).sum((0, 1))
+        return hook
+
+    def on_neurons(i):
+        def hook(module, args):
+            neurons[i] += (args[0].float().abs() * keep["m"][..., None]).sum((0, 1))  # (F,)
+        return hook
+
+    hooks = [b.attn.o_proj.register_forward_pre_hook(on_heads(i)) for i, b in enumerate(blocks)]
+    hooks += [b.mlp.fc_out.register_forward_pre_hook(on_neurons(i)) for i, b in enumerate(blocks)]
+    was_training = t_body.training
+    t_body.eval()
+    try:
+        for batch in sample:
+            ids = batch["input_ids"]
+            mask = batch.get("attention_mask")
+            keep["m"] = (mask if mask is not None else torch.ones_like(ids)).float()  # (B, T)
+            out = t_body(ids, attention_mask=mask, token_type_ids=batch.get("token_type_ids"),
+                         output_hidden_states=True)
+            for h in out.hidden_states:  # (B, T, D) each
+                channels += (h.float() ** 2 * keep["m"][..., None]).sum((0, 1))
+    finally:
+        for h in hooks:
+            h.remove()
+        t_body.train(was_training)
+    return channels, heads, neurons
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores, in their original order."""
+    return torch.topk(scores, k).indices.sort().values
+
+
+@torch.no_grad()
+def _pruned_from(student: nn.Module, teacher: nn.Module, layers: list[int] | None,
+                 sample: list[dict[str, torch.Tensor]] | None) -> str:
+    """The student as the teacher structurally pruned to its shape: the chosen blocks, the
+    most active residual channels (everywhere: embeddings, norms, every linear that reads or
+    writes the residual stream, pooler and heads), and in each block the most active heads
+    and FFN neurons. Head size must match: heads are kept or dropped whole."""
+    if not sample:
+        raise ValueError("student.init teacher_pruned ranks channels, heads and neurons by their activations: "
+                         "it needs sample batches of the training data")
+    s_body, t_body = body_of(student), body_of(teacher)
+    sc, tc = s_body.config, t_body.config
+    Ls, Lt = len(s_body.blocks), len(t_body.blocks)
+    chosen = _chosen_layers(layers, Ls, Lt)
+    for i, j in enumerate(chosen):
+        s_attn, t_attn = s_body.blocks[i].attn, t_body.blocks[j].attn
+        if s_attn.head_dim != t_attn.head_dim or s_attn.n_heads > t_attn.n_heads:
+            raise ValueError(f"student.init teacher_pruned keeps whole heads: student block {i} has {s_attn.n_heads} "
+                             f"heads of {s_attn.head_dim}, teacher block {j} {t_attn.n_heads} of {t_attn.head_dim} "
+                             f"(choose student.n_heads = student.d_model / {t_attn.head_dim}, at most "
+                             f"{t_attn.n_heads})")
+        if s_body.blocks[i].mlp.fc_out.in_features > t_body.blocks[j].mlp.fc_out.in_features:
+            raise ValueError("student.init teacher_pruned: the student's FFN is wider than the teacher's")
+    if sc.d_model > tc.d_model:
+        raise ValueError(f"student.init teacher_pruned: the student (d_model {sc.d_model}) is wider than the teacher")
+    channels, heads, neurons = _importance(t_body, sample)
+    ch = _top(channels, sc.d_model)
+    Dt, Ds = tc.d_model, sc.d_model
+    keep_rows: dict[int, torch.Tensor] = {}  # student block -> kept rows of q/k/v (whole heads)
+    keep_neurons: dict[int, torch.Tensor] = {}
+    for i, j in enumerate(chosen):
+        n_h, dh = s_body.blocks[i].attn.n_heads, s_body.blocks[i].attn.head_dim
+        hs = _top(heads[j], n_h)
+        keep_rows[i] = (hs[:, None] * dh + torch.arange(dh)).flatten()
+        keep_neurons[i] = _top(neurons[j], s_body.blocks[i].mlp.fc_out.in_features)
+
+    def indices(name: str, p: torch.Tensor, q: torch.Tensor) -> list[torch.Tensor | None]:
+        parts = name.split(".")
+        if "blocks" in parts:
+            i = int(parts[parts.index("blocks") + 1])
+            tail = ".".join(parts[parts.index("blocks") + 2:])
+            rows, neur = keep_rows[i], keep_neurons[i]
+            table = {"attn.q_proj.weight": [rows, ch], "attn.k_proj.weight": [rows, ch],
+                     "attn.v_proj.weight": [rows, ch], "attn.q_proj.bias": [rows], "attn.k_proj.bias": [rows],
+                     "attn.v_proj.bias": [rows], "attn.o_proj.weight": [ch, rows], "mlp.fc_in.weight": [neur, ch],
+                     "mlp.fc_in.bias": [neur], "mlp.fc_out.weight": [ch, neur]}
+            if tail in table:
+                return table[tail]
+        # anything else: every dimension of the teacher's width that is the student's width
+        # in the student reads or writes the residual stream
+        return [ch if (q.shape[d] == Dt and p.shape[d] == Ds) else None for d in range(q.dim())]
+
+    t_sd = teacher.state_dict()
+    copied = 0
+    for name, p in student.state_dict().items():
+        parts = name.split(".")
+        if "blocks" in parts:
+            k = parts.index("blocks")
+            parts[k + 1] = str(chosen[int(parts[k + 1])])
+        q = t_sd.get(".".join(parts))
+        if q is None or q.dim() != p.dim():
+            continue
+        for d, idx in enumerate(indices(name, p, q)):
+            if idx is not None:
+                q = q.index_select(d, idx)
+        if q.shape == p.shape:
+            p.copy_(q)
+            copied += 1
+    return (f"the teacher pruned to the student's shape: blocks {chosen}, {Ds} of {Dt} channels, heads and FFN "
+            f"neurons by activation on {len(sample)} batches ({copied} tensors)")
 
 
 EMBEDDINGS = ("tok_emb", "pos_emb", "type_emb")
@@ -139,7 +271,8 @@ def _fine_tuned_like(init: str, teacher):
     return pred
 
 
-def make_student(teacher, shape: dict[str, int], init: str, layers: list[int] | None = None):
+def make_student(teacher, shape: dict[str, int], init: str, layers: list[int] | None = None,
+                 sample: list[dict[str, torch.Tensor]] | None = None):
     """(student task model, its task, what initialised it) for a loaded teacher (a
     zerolm.loading.Predictor): the teacher's task rebuilt on a smaller body."""
     from zerolm.loading import load_model
@@ -147,7 +280,7 @@ def make_student(teacher, shape: dict[str, int], init: str, layers: list[int] | 
 
     t_model = teacher.model
     cfg = student_config(t_model.config, shape)
-    from_dir = init not in ("teacher_layers", "bottom", "teacher_embeddings", "random")
+    from_dir = init not in INITS
     if from_dir:
         whole = _fine_tuned_like(init, teacher)
         if whole is not None:  # a model of the teacher's task (a pruned or earlier student): head and all
@@ -163,5 +296,5 @@ def make_student(teacher, shape: dict[str, int], init: str, layers: list[int] | 
         student, task = finetune_task(teacher.meta["task"]).from_meta(teacher.meta, base, teacher.tokenizer)
     else:  # a pretrained teacher: the student keeps the pretraining heads
         student, task = base, teacher.task
-    how = f"weights of {init}" if from_dir else initialise(student, t_model, init, layers)
+    how = f"weights of {init}" if from_dir else initialise(student, t_model, init, layers, sample)
     return student, task, how

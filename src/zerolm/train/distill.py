@@ -144,7 +144,7 @@ def _general_stage(cfg: DistillConfig, task_teacher, device, resume, run_dir: Pa
     """TinyBERT's general distillation: intermediate losses on unlabelled text."""
     from zerolm.distill.losses import layer_map
     from zerolm.distill.objective import Distilled, DistillObjective
-    from zerolm.distill.student import initialise, student_config
+    from zerolm.distill.student import INITS, initialise, student_config
     from zerolm.loading import load, load_model
     from zerolm.models import body_of, build_model, family
 
@@ -155,12 +155,13 @@ def _general_stage(cfg: DistillConfig, task_teacher, device, resume, run_dir: Pa
         raise ConfigError(f"general.teacher {g.teacher}: its vocabulary ({tok.vocab_size}) is not the task "
                           f"teacher's ({task_teacher.tokenizer.vocab_size}); both stages must share the tokenizer")
     t_body = body_of(teacher.model)
+    train_data, dev_data = _text_batches(g, tok, t_body.config, family(t_body.config).objective == "clm")
     torch.manual_seed(g.train.seed)
     s = cfg.student
     try:
-        if s.init in ("teacher_layers", "bottom", "teacher_embeddings", "random"):
+        if s.init in INITS:
             student = build_model(student_config(t_body.config, dataclasses.asdict(s)))
-            how = initialise(body_of(student), t_body, s.init, s.layers)
+            how = initialise(student, teacher.model, s.init, s.layers, _sample(train_data))
         else:
             student, _ = load_model(s.init)
             how = f"weights of {s.init}"
@@ -172,7 +173,6 @@ def _general_stage(cfg: DistillConfig, task_teacher, device, resume, run_dir: Pa
     log.info("general distillation: student %d layers, d_model %d, %d heads (%s); teacher %s: %d layers, "
              "d_model %d; layer map %s", s_body.config.n_layers, s_body.config.d_model, s_body.config.n_heads,
              how, g.teacher or cfg.teacher, t_body.config.n_layers, t_body.config.d_model, lmap)
-    train_data, dev_data = _text_batches(g, tok, t_body.config, family(t_body.config).objective == "clm")
     model = Distilled(student, "general", g.distill, lmap, t_body.config.d_model)
     objective = DistillObjective(teacher.model, None, "general", g.distill)
     trainer = Trainer(model, objective, train_data, val_data=dev_data, train=g.train, optim=g.optim,
@@ -183,6 +183,11 @@ def _general_stage(cfg: DistillConfig, task_teacher, device, resume, run_dir: Pa
     summary = {"teacher": g.teacher or str(cfg.teacher), "steps": result.step, "best_val_loss": result.best_metric,
                "wall_s": result.wall_s, "train_s": result.train_s, "student": str(_model_dir(run_dir))}
     return result, summary
+
+
+def _sample(train_data, n: int = 8) -> list[dict[str, torch.Tensor]]:
+    """The first training batches: what student.init teacher_pruned ranks activations on."""
+    return [train_data.batch(i, 0) for i in range(n)]
 
 
 def _text_batches(g, tok, t_config, causal: bool):
@@ -243,9 +248,13 @@ def _task_stage(cfg: DistillConfig, teacher, device, resume, out: Path, init: st
         raise ConfigError(f"teacher {cfg.teacher}: task distillation needs a fine-tuned model (a run's best/) or "
                           "a causal LM; this one has no task head (for general distillation alone, set "
                           "general.data.train and leave data.train empty)")
+    tr = cfg.train
+    micro = tr.grad_accum * dist.world_size()
+    train_data, dev_data = _task_data(cfg, teacher, micro)
     torch.manual_seed(cfg.train.seed)  # the same initialisation for the student and kd_baseline
     try:
-        student, task, how = make_student(teacher, dataclasses.asdict(cfg.student), init, cfg.student.layers)
+        student, task, how = make_student(teacher, dataclasses.asdict(cfg.student), init, cfg.student.layers,
+                                          _sample(train_data))
         t_body, s_body = body_of(teacher.model), body_of(student)
         lmap = layer_map(len(s_body.blocks), len(t_body.blocks), cfg.distill.layer_map)
     except ValueError as e:
@@ -255,9 +264,6 @@ def _task_stage(cfg: DistillConfig, teacher, device, resume, out: Path, init: st
     log.info("%s: student %d layers, d_model %d, %d heads (%s); teacher: %d layers, d_model %d; layer map %s",
              "kd_baseline (labels only)" if out.name == BASELINE else "task distillation", s_body.config.n_layers,
              s_body.config.d_model, s_body.config.n_heads, how, t_body.config.n_layers, t_body.config.d_model, lmap)
-    tr = cfg.train
-    micro = tr.grad_accum * dist.world_size()
-    train_data, dev_data = _task_data(cfg, teacher, micro)
     steps_per_epoch = train_data.steps_per_epoch() if hasattr(train_data, "steps_per_epoch") else 0
     if steps_per_epoch:
         steps, why = resolve_finetune_steps(tr, steps_per_epoch)
