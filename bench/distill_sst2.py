@@ -6,9 +6,9 @@ Recipes (issue 12 targets):
 - `layers3` (default): a 3-layer student initialised from teacher blocks 0, 2, 4; hard +
   soft targets, one epoch. Target: >= 97% of the teacher, >= 1.8x faster at batch 32,
   >= 1.0 point above kd_baseline.
-- `small`: 4 layers of width 256 (8 heads, FFN 1024), which no teacher weight fits: the
-  embedding tables projected onto their principal directions, then TinyBERT's general
-  distillation from the pretrained MiniLM on unlabelled text (SST-2 train sentences,
+- `small`: 4 layers of width 256 (8 heads, FFN 1024), which no teacher block fits as it
+  is: the pretrained MiniLM pruned to that shape by activation importance (Minitron),
+  then TinyBERT's general distillation from it on unlabelled text (SST-2 train sentences,
   IMDB train reviews, WikiText-2 valid; hidden states through projections, MiniLMv2
   relations), then task distillation. Target: >= 95% of the teacher, >= 2.5x faster,
   general stage within 1 hour on 2 cores.
