@@ -40,9 +40,10 @@ def split(out: Path, fraction: float = 0.9) -> tuple[Path, Path]:
     return out / "train.txt", out / "val.txt"
 
 
-def lm(out: Path, train: Path, val: Path, steps: int, shape: list[str]):
+def lm(out: Path, train: Path, val: Path, steps: int, shape: list[str], threads: int):
     cfg = load_config(CHAR, [f"out_dir={out}", f"data.train=[{train}]", f"data.val=[{val}]", f"train.max_steps={steps}",
-                             "train.eval_every=0", "train.save_every=0", "train.eval_batches=0", *RECIPE, *shape])
+                             "train.eval_every=0", "train.save_every=0", "train.eval_batches=0", f"train.threads={threads}",
+                             *RECIPE, *shape])
     return pretrain(cfg, overwrite=True)
 
 
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=2000, help="steps of the student, alone and distilled")
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads while training (0: all CPUs)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     out = Path(args.out)
@@ -65,16 +67,17 @@ def main() -> None:
         t_state = json.loads((t_dir / "run.json").read_text())
         teacher_loss, teacher_s = None, t_state.get("wall_s")
     else:
-        t = lm(t_dir, train, val, args.teacher_steps, teacher_shape)
+        t = lm(t_dir, train, val, args.teacher_steps, teacher_shape, args.threads)
         teacher_loss, teacher_s = t.final_eval["loss"], t.wall_s
-    alone = lm(out / "alone", train, val, args.steps, student_shape)
+    alone = lm(out / "alone", train, val, args.steps, student_shape, args.threads)
     cfg = load_config(REPO / "configs/tiny/distill_classify.yaml", [
         f"teacher={t_dir / 'final'}", f"out_dir={out / 'distilled'}", f"data.train={train}", f"data.dev={val}",
         "data.max_length=64", "student.n_layers=2", "student.d_model=128", "student.n_heads=4", "student.d_ff=512",
         "student.init=random", "distill.hard=1", "distill.soft=1", f"distill.temperature={args.temperature}",
         "distill.hidden=0", "distill.attention=0", f"train.max_steps={args.steps}", "train.epochs=0",
         "train.eval_every=0", "train.eval_batches=0", "train.keep_final=true",
-        "train.early_stopping.metric=val_loss", "train.early_stopping.mode=min", *RECIPE], cls=DistillConfig)
+        "train.early_stopping.metric=val_loss", "train.early_stopping.mode=min", f"train.threads={args.threads}",
+        *RECIPE], cls=DistillConfig)
     result, report = distill(cfg, overwrite=True)
     if teacher_loss is None:
         teacher_loss = report["teacher"]["loss"]

@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--layers", default="0,2,4")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads while training (0: all CPUs)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     out = Path(args.out)
@@ -44,7 +45,8 @@ def main() -> None:
         f"distill.temperature={args.temperature}", "distill.hidden=0", "distill.attention=0",
         f"optim.lr={args.lr}", "optim.weight_decay=0.01", "schedule.warmup_steps=100", f"train.epochs={args.epochs}",
         "train.batch_size=32", "train.eval_every=250", "train.log_every=50", "train.progress=false",
-        "train.early_stopping.metric=val_f1", "train.early_stopping.mode=max"], cls=DistillConfig)
+        "train.early_stopping.metric=val_f1", "train.early_stopping.mode=max", f"train.threads={args.threads}"],
+        cls=DistillConfig)
     result, report = distill(cfg, overwrite=True)
     t, s, b = report["teacher"], report["student"], report["kd_baseline"]
     lat = report["latency"]

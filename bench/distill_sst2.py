@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--general-steps", type=int, help="small: general distillation steps (default: the config's)")
     ap.add_argument("--lr", type=float, help="task stage learning rate (default: the config's)")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted distillation run")
+    ap.add_argument("--train-threads", type=int, help="torch threads while training (latency is timed at 2)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)
@@ -83,6 +84,8 @@ def main() -> None:
     over += [f"train.epochs={args.epochs}"] if args.epochs else []
     over += [f"optim.lr={args.lr}"] if args.lr else []
     over += [f"general.train.max_steps={args.general_steps}"] if args.general_steps else []
+    if args.train_threads:
+        over += [f"train.threads={args.train_threads}", f"general.train.threads={args.train_threads}"]
     cfg = load_config(RECIPES[args.recipe], over, cls=DistillConfig)
     result, report = distill(cfg, resume=args.resume, overwrite=not args.resume)
     results = {
@@ -93,6 +96,7 @@ def main() -> None:
         "kd_baseline (labels only)": {"accuracy": report["kd_baseline"]["accuracy"],
                                       "params": report["student_params"], "dir": str(run_dir / "kd_baseline")},
     }
+    torch.set_num_threads(2)  # training may have run at another thread count
     dev = [ln.split("\t")[0] for ln in resolve_data_path("sst2/dev.tsv").read_text().splitlines()[1:]]
     for r in results.values():
         pred = zerolm.load(r["dir"])
