@@ -1,6 +1,6 @@
 """Fixtures of the export tests: a tiny classifier, CRF tagger and char GPT trained once
 per session from the shipped tiny recipes (seconds each), and their ONNX exports.
-Every test here needs onnx and onnxruntime and is skipped, saying so, without them."""
+The tests skip, saying why, where onnx or onnxruntime is not installed."""
 
 from __future__ import annotations
 
@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("onnxruntime", reason="the ONNX export tests need onnxruntime (pip install 'zerolm[onnx]')")
-pytest.importorskip("onnx", reason="the ONNX export tests need onnx (pip install 'zerolm[onnx]')")
-
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny"
-QUICKSTART = REPO / "src" / "zerolm" / "resources" / "quickstart"
 
 
 @pytest.fixture(scope="session")

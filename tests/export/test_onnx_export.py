@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime (pip install 'zerolm[onnx]')")
+pytest.importorskip("onnx", reason="ONNX export tests need onnx (pip install 'zerolm[onnx]')")
+
 import zerolm
 from zerolm.cli.main import main
 from zerolm.export import export_onnx, is_onnx_dir
@@ -18,8 +21,7 @@ from zerolm.export.onnx import ExportError
 from zerolm.export.runtime import ViterbiCRF
 from zerolm.models.crf import CRF, bio_constraints
 
-from .conftest import QUICKSTART
-
+QUICKSTART = Path(__file__).resolve().parents[2] / "src" / "zerolm" / "resources" / "quickstart"
 REVIEWS_DEV = QUICKSTART / "reviews_dev.tsv"
 NER_DEV = QUICKSTART / "ner_dev.txt"
 TEXTS = ["The story is simple, but the telling is wonderful.", "dull", "a",
@@ -161,8 +163,8 @@ def test_a_failed_parity_check_writes_nothing(classifier, tmp_path, monkeypatch)
 
 
 def test_a_plain_encoder_exports_its_hidden_states_for_embeddings(tmp_path):
-    from zerolm.models import ModelConfig, build_model
     from zerolm.modeldir import save_model
+    from zerolm.models import ModelConfig, build_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(family="bert", vocab_size=99, d_model=32, n_layers=2, n_heads=4, d_ff=37, max_seq_len=32,
@@ -199,3 +201,16 @@ def test_cli_exports_and_predict_and_eval_take_the_directory(classifier, tmp_pat
     assert rows["best"] == rows["onnx"] and len(rows["best"]) == 90
     evals = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert evals[0]["accuracy"] == evals[1]["accuracy"]
+
+
+def test_cli_generate_and_eval_take_the_exported_lm(char_gpt, gpt_onnx, capsys):
+    corpus = str(QUICKSTART / "corpus.txt")
+    outs = []
+    for model in (char_gpt, gpt_onnx):
+        assert main(["generate", str(model), "--prompt", "the ", "--greedy", "--max-new-tokens", "20"]) == 0
+        assert main(["eval", str(model), "--input", corpus, "--json", "--max-batches", "3"]) == 0
+        text, report = capsys.readouterr().out.rsplit("\n", 2)[:2]
+        outs.append((text, json.loads(report)))
+    (text_t, rep_t), (text_o, rep_o) = outs
+    assert text_t == text_o and rep_t["tokens"] == rep_o["tokens"]
+    assert rep_t["loss"] == pytest.approx(rep_o["loss"], abs=1e-4)
