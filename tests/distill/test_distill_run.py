@@ -98,6 +98,30 @@ def test_a_crf_tagger_distils(tmp_path):
     student = zerolm.load(out)
     assert student.model.crf is not None and len(student.model.body.blocks) == 1
     assert student.predict(["Ada Lovelace visited London"])[0]["tags"]
+    # which parameters each loss trains: with soft targets the label loss reaches only the CRF
+    # transitions; on the labels alone (kd_baseline) it trains the emissions and the body too
+    from zerolm.config import DistillLossConfig
+    from zerolm.distill.objective import Distilled, DistillObjective
+
+    teacher = zerolm.load(t / "best")
+    batch = next(iter(teacher.task.labelled_batches("pkg:quickstart/ner_dev.txt", seed=0, batch_size=4,
+                                                    max_length=32).eval_batches(1)))
+    def grads(hard: float, soft: float) -> tuple[torch.Tensor, torch.Tensor]:
+        w = DistillLossConfig(hard=hard, soft=soft)
+        model = Distilled(zerolm.load(out).model, "tag", w, [0], teacher.model.config.d_model)
+        t_out = DistillObjective(teacher.model, teacher.task, "tag", w).teacher_outputs(batch)
+        loss, _ = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                        word_ids=batch.get("word_ids"), teacher=t_out)
+        loss.backward()
+        body = model.student.body.blocks[0].mlp.fc_in.weight.grad
+        return (torch.zeros(1) if body is None else body.clone()), model.crf.transitions.grad
+
+    body_both, trans_both = grads(1.0, 1.0)
+    body_soft, trans_soft = grads(0.0, 1.0)
+    body_hard, trans_hard = grads(1.0, 0.0)
+    assert torch.allclose(body_both, body_soft, atol=1e-7)  # the labels do not reach the body
+    assert trans_both.abs().sum() > 0 and (trans_soft is None or trans_soft.abs().sum() == 0)
+    assert body_hard.abs().sum() > 0 and trans_hard.abs().sum() > 0  # labels alone: all of it learns
 
 
 def test_a_causal_lm_distils_with_chunked_soft_targets(tmp_path):

@@ -133,8 +133,10 @@ class Distilled(nn.Module):
         elif self.kind == "tag":
             scores = self.student.head(h, attention_mask).float()  # (B, T, C)
             crf = self.crf
-            if w.hard:  # a CRF learns its transitions from the labels, its emissions from the teacher
-                total, n = word_loss_sum(scores.detach() if crf is not None else scores, labels, word_ids, crf)
+            if w.hard:  # with soft targets, a CRF learns its transitions from the labels and its emissions
+                # from the teacher; on the labels alone (kd_baseline) the labels train both
+                frozen = crf is not None and bool(w.soft)
+                total, n = word_loss_sum(scores.detach() if frozen else scores, labels, word_ids, crf)
                 losses["hard"] = total / max(n, 1)
             if w.soft:
                 losses["soft"] = soft_target_loss(scores, teacher["logits"], temperature=T, kind=w.divergence,
