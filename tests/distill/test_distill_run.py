@@ -182,6 +182,14 @@ def test_general_then_task_distillation_chain_with_kd_baseline(teacher, tmp_path
     again, report2 = distill(cfg(teacher, out, *over), resume=True)
     assert {p: (p / "metrics.jsonl").stat().st_mtime_ns for p in before} == before
     assert report2["student"] == report["student"] and report2["kd_baseline"] == report["kd_baseline"]
+    # a stage that never started (a crash just before it) runs on --resume, the others do not
+    import shutil
+
+    shutil.rmtree(out / "kd_baseline")
+    again, report3 = distill(cfg(teacher, out, *over), resume=True)
+    assert (out / "kd_baseline" / "best").is_dir() and report3["student"] == report["student"]
+    assert {p: (p / "metrics.jsonl").stat().st_mtime_ns for p in (out, out / "general")} == {
+        p: before[p] for p in (out, out / "general")}
 
 
 def test_an_interrupted_general_stage_resumes_and_the_task_stage_follows(teacher, tmp_path):

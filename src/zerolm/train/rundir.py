@@ -110,8 +110,10 @@ def _open(run: RunDir, *, resume: bool | str, overwrite: bool, stages: tuple[str
         if not used:
             return
         if resume:
-            staged = any(list_checkpoints(path / s / "checkpoints") or read_run_state(path / s)
-                         for s in stages)
+            # a run of stages continues after any stage that ran (a later one may be pending;
+            # when none is, the resume re-runs nothing)
+            staged = bool(stages) and (read_run_state(path) is not None or any(
+                list_checkpoints(path / s / "checkpoints") or read_run_state(path / s) for s in stages))
             if resume is True and not list_checkpoints(path / "checkpoints") and not staged:
                 state = read_run_state(path)
                 what = f"its run {state['status']} at step {state['step']}" if state else "it"
