@@ -9,6 +9,11 @@ other (`zerolm.compress.save.save_compressed`, `zerolm.load`).
 - `magnitude`: unstructured magnitude pruning (zeros stored dense: no speed-up);
 - `int8_weight`: int8 weights + per-channel scales, dequantized per call (smaller, slower);
 - `int8_dynamic`: int8 weights and per-token int8 activations (smaller and faster on CPU).
+
+Then `recover` (compress.recover) trains a pruned / factorised model on its task's data,
+distilling from the original, through the one training loop (handed in by the caller: compress
+does not import train); `report` (compress.report) measures variants against the original
+(dev metric, size, latency) in one table and plot.
 """
 
 from __future__ import annotations

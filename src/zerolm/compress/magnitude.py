@@ -68,8 +68,17 @@ def magnitude(model: nn.Module, sparsity: float, scope: str = "global",
             masks = [_zero_smallest(w.detach().float(), math.floor(sparsity * w.numel() + 0.5)) for _, _, w in found]
         for (_, _, w), m in zip(found, masks):
             w.masked_fill_(m.view(w.shape), 0.0)
+    report = sparsity_report(model, targets)
+    log.info("magnitude pruning (%s): %.1f%% of the block linears' weights are zero; %s", scope,
+             100 * report["overall"], NO_SPEEDUP)
+    return {"method": "magnitude", "scope": scope, **report, "note": NO_SPEEDUP}
+
+
+def sparsity_report(model: nn.Module, targets: Sequence[str] = FACTORISABLE) -> dict:
+    """The share of zero weights of the `targets` linears: {"sparsity": {"blocks.i.name":
+    share}, "per_block": [share per block], "overall": share of all of them}."""
     per_linear, per_block, total, zeros = {}, {}, 0, 0
-    for i, name, w in found:
+    for i, name, w in _weights(model, targets):
         z = int((w == 0).sum())
         per_linear[f"blocks.{i}.{name}"] = z / w.numel()
         b = per_block.setdefault(i, [0, 0])
@@ -77,7 +86,23 @@ def magnitude(model: nn.Module, sparsity: float, scope: str = "global",
         b[1] += w.numel()
         zeros, total = zeros + z, total + w.numel()
     blocks_share = [per_block[i][0] / per_block[i][1] if i in per_block else 0.0 for i in range(model.config.n_layers)]
-    log.info("magnitude pruning (%s): %.1f%% of %d weights are zero; %s", scope, 100 * zeros / max(total, 1), total,
-             NO_SPEEDUP)
-    return {"method": "magnitude", "scope": scope, "sparsity": per_linear, "per_block": blocks_share,
-            "overall": zeros / max(total, 1), "note": NO_SPEEDUP}
+    return {"sparsity": per_linear, "per_block": blocks_share, "overall": zeros / max(total, 1)}
+
+
+def zero_mask(model: nn.Module, targets: Sequence[str] = FACTORISABLE) -> dict[str, torch.Tensor]:
+    """{parameter name: bool mask, True where the weight is zero} of the `targets` linears:
+    what `apply_mask` sets back to zero after training moved the pruned weights (recovery)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(w)]: (w.detach() == 0).clone() for _, _, w in _weights(model, targets)}
+
+
+def apply_mask(model: nn.Module, mask: dict[str, torch.Tensor]) -> None:
+    """Set the weights `mask` marks to zero again, in place (`model` may be another instance
+    of the same architecture: the mask is keyed by parameter name)."""
+    params = dict(model.named_parameters())
+    missing = sorted(set(mask) - set(params))
+    if missing:
+        raise ValueError(f"the mask names weights this model does not have: {missing[:3]}")
+    with torch.no_grad():
+        for name, m in mask.items():
+            params[name].masked_fill_(m.to(params[name].device), 0.0)
