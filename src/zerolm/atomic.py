@@ -35,12 +35,28 @@ _RENAME_EXCHANGE = 1 << 1  # <linux/fs.h>
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-[^.]*)?")
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where Linux allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, hence the fallback only)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a synced temporary sibling and a rename."""
+    """Write `data` to `path` through a synced temporary sibling and a rename. The file gets
+    the mode a plain open() would give it (0666 less the umask), not mkstemp's private 0600:
+    model files are meant to be handed to other users and services."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -75,6 +91,7 @@ class AtomicDir:
         # the PID in the name lets recover_dir tell a dead writer's leftovers from a live one's
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-{os.getpid()}-",
                                          dir=self.final.parent))
+        self.tmp.chmod(0o777 & ~_umask())  # as mkdir would make it, not mkdtemp's private 0700
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

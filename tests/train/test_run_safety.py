@@ -442,3 +442,23 @@ def test_resume_of_a_finished_run_without_checkpoints_refuses_instead_of_mixing(
     with pytest.raises(ZeroLMError, match="nothing to resume.*finished at step 2.*--overwrite"):
         finetune(cfg, resume=True)
     assert _snapshot(tmp_path / "run") == before
+
+
+def test_written_files_and_directories_get_the_usual_modes_not_private_ones(tmp_path):
+    """Atomic writes go through mkstemp / mkdtemp (0600 / 0700); what lands must be readable
+    as a plain open() / mkdir would leave it, or a model handed to a service cannot be read."""
+    import os
+    import stat
+
+    from zerolm.atomic import AtomicDir, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with AtomicDir(tmp_path / "model") as d:
+            atomic_write_text(d / "config.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "model" / "config.json").stat().st_mode) == 0o644

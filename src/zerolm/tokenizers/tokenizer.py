@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
 
+from zerolm.atomic import atomic_write_text
 from zerolm.data.text import iter_records
 from zerolm.errors import DataError
 
@@ -231,7 +231,7 @@ class Tokenizer:
         `AutoTokenizer.from_pretrained(directory)` loads the result."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _atomic_write(d / "tokenizer.json", self.backend.to_str(pretty=True))
+        atomic_write_text(d / "tokenizer.json", self.backend.to_str(pretty=True))
         specials = {f"{role}_token": tok for role, tok in self._special_names.items()}
         conf: dict[str, Any] = {
             "tokenizer_class": _TOKENIZER_CLASS.get(self.kind, "PreTrainedTokenizerFast"),
@@ -243,14 +243,14 @@ class Tokenizer:
         }
         if self.kind == "bpe":
             conf["add_prefix_space"] = False
-        _atomic_write(d / "tokenizer_config.json", json.dumps(conf, indent=2, ensure_ascii=False) + "\n")
-        _atomic_write(d / "special_tokens_map.json",
+        atomic_write_text(d / "tokenizer_config.json", json.dumps(conf, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(d / "special_tokens_map.json",
                       json.dumps(specials, indent=2, ensure_ascii=False) + "\n")
         if self.kind == "wordpiece":
             ordered = sorted(self.backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
             if [i for _, i in ordered] != list(range(len(ordered))):
                 log.warning("%s: the vocabulary ids have gaps; vocab.txt renumbers them", d)
-            _atomic_write(d / "vocab.txt", "".join(t + "\n" for t, _ in ordered))
+            atomic_write_text(d / "vocab.txt", "".join(t + "\n" for t, _ in ordered))
         return d
 
     # --------------------------------------------------------------- queries
@@ -534,19 +534,6 @@ def _texts(paths: list[Path], *, keep_ends: bool, skip_blank: bool = True) -> It
         for _, text in iter_records(path, keep_ends=keep_ends):
             if text.strip() or not skip_blank:
                 yield text
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); these files are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_configs(directory: Path) -> dict[str, Any]:
