@@ -74,3 +74,15 @@ def test_report_refusals_write_nothing(args, message, classifier, tmp_path, caps
     assert main(["compress", str(classifier), *args, "--out", str(tmp_path / "r")]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_compressed_twice_is_labelled_by_every_step(classifier, tmp_path):
+    from zerolm.compress.report import _method
+    from zerolm.compress.save import read_record
+
+    ffn, both = tmp_path / "ffn", tmp_path / "both"
+    assert main(["compress", str(classifier), "--method", "prune-ffn", "--fraction", "0.5", "--out", str(ffn)]) == 0
+    assert main(["compress", str(ffn), "--method", "int8-dynamic", "--out", str(both)]) == 0
+    record = read_record(both)
+    assert record["method"] == "int8-dynamic" and record["previous"]["method"] == "prune-ffn"
+    assert _method(both, object()) == "prune-ffn -> int8-dynamic"

@@ -189,7 +189,7 @@ def _per_layer(text: str | None) -> list[int] | None:
 def run(args) -> int:
     import zerolm
     from zerolm.compress import NO_SPEEDUP, SLOWER, count_parameters
-    from zerolm.compress.save import check_out_dir, save_compressed, weight_bytes
+    from zerolm.compress.save import check_out_dir, read_record, save_compressed, weight_bytes
     from zerolm.errors import ConfigError
     from zerolm.loading import resolve_model_path
 
@@ -224,6 +224,9 @@ def run(args) -> int:
                                                          "rank", "energy", "targets", "fp32_embeddings", "recover",
                                                          "iterative")},
               "params_before": params_before}
+    previous = read_record(resolve_model_path(args.model))
+    if previous is not None:  # compressing a compressed model: keep what made it
+        record["previous"] = previous
     if opts is not None and args.method == "magnitude":  # pruned and recovered in rounds, the zeros kept
         model, report, recovery = _recover(args, opts, model, pred, {**record, "params_after": params_before})
     else:

@@ -5,13 +5,15 @@ parameters, size on disk, latency at batch 1 and batch 32 and the speed-up.
 How each number is taken, identically for every variant (PyTorch or ONNX):
 
 - dev metric: `Predictor.evaluate(dev)` (the task's own report; its headline metric);
-- latency: the median of `repeats` forward passes (after two warm-up passes) of
+- latency: the median of `repeats` forward passes (interleaved across the models, after
+  two warm-up rounds) of
   `predictor.model(input_ids, attention_mask=, token_type_ids=)` on tokenized dev inputs:
   the first evaluation batch of 32 (the longest dev inputs, as the distillation report
   times), and its first row alone for batch 1, cut to its own length; the original's
   tokenizer makes these inputs once, so every variant runs on the same tensors; torch and
   onnxruntime both at `threads` threads (an ONNX session takes its thread count when it
-  loads, so the count is set before each variant loads);
+  loads, so the count is set before the variants load); every variant is held in memory
+  while they are timed;
 - parameters: a PyTorch model's parameters (an int8 weight counts one per int8 value), an
   ONNX graph's initializers;
 - size on disk: the files the variant is loaded from (an ONNX directory's other graph,
@@ -32,9 +34,9 @@ from typing import Any
 import torch
 
 from zerolm.atomic import atomic_write_text
-from zerolm.compress.save import RECORD_FILE, check_out_dir
+from zerolm.compress.save import check_out_dir, method_chain, read_record
 from zerolm.compress.surgery import count_parameters
-from zerolm.errors import ConfigError
+from zerolm.errors import CheckpointError, ConfigError
 from zerolm.modeldir import MODEL_FILE
 
 log = logging.getLogger(__name__)
@@ -92,29 +94,42 @@ def _method(path: Path, model) -> str:
     """What the variant is: compress.json's method, the ONNX graph, or "original"."""
     if hasattr(model, "session"):  # an onnxruntime model (zerolm.export.runtime)
         return "onnx int8" if "int8" in Path(model.path).name else "onnx fp32"
-    d = path if (path / MODEL_FILE).exists() else next((s for s in (path / "best", path / "final")
-                                                       if (s / MODEL_FILE).exists()), path)
-    rec = d / RECORD_FILE
-    if rec.exists():
-        try:
-            r = json.loads(rec.read_text(encoding="utf-8"))
-        except ValueError:
-            return "?"
-        return r.get("method", "?") + (" + recovery" if r.get("recovery") else "")
-    return "pytorch"
+    try:
+        record = read_record(path)
+    except CheckpointError:
+        return "?"
+    return method_chain(record) if record else "pytorch"
+
+
+def _forward(model, batch: dict[str, torch.Tensor]) -> float:
+    """Seconds of one inference forward pass over `batch`."""
+    args = {k: batch[k] for k in INPUTS[1:] if k in batch}
+    with torch.inference_mode():
+        t = time.perf_counter()
+        model(batch["input_ids"], **args)
+        return time.perf_counter() - t
+
+
+def latencies_ms(models: list, batches: list[dict[str, torch.Tensor]], repeats: int) -> list[list[float]]:
+    """Median milliseconds per (model, batch). Passes are interleaved, one timed pass of
+    every model per round after two warm-up rounds, so that a slow spell of the machine
+    falls on every model alike rather than on whichever was being timed. Each timed pass
+    follows an untimed one of the same model: thread pools keep spinning for a while after
+    their work (onnxruntime's, OpenMP's), and that pass absorbs the previous model's."""
+    times = [[[] for _ in batches] for _ in models]
+    for r in range(repeats + 2):
+        for m, model in enumerate(models):
+            for b, batch in enumerate(batches):
+                _forward(model, batch)
+                t = _forward(model, batch)
+                if r >= 2:
+                    times[m][b].append(t)
+    return [[1e3 * statistics.median(ts) for ts in per_model] for per_model in times]
 
 
 def latency_ms(model, batch: dict[str, torch.Tensor], repeats: int) -> float:
-    """Median milliseconds of one forward pass over `batch` (two warm-up passes first)."""
-    args = {k: batch[k] for k in INPUTS[1:] if k in batch}
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 2):
-            t = time.perf_counter()
-            model(batch["input_ids"], **args)
-            if i >= 2:
-                times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    """Median milliseconds of one forward pass of one model over `batch`."""
+    return latencies_ms([model], [batch], repeats)[0][0]
 
 
 def timing_batches(pred, dev: str, batch_size: int = BATCH_SIZES[-1]) -> list[dict[str, torch.Tensor]]:
@@ -126,28 +141,21 @@ def timing_batches(pred, dev: str, batch_size: int = BATCH_SIZES[-1]) -> list[di
     return [{k: v[:1, :n] for k, v in full.items()}, full]
 
 
-def measure(name: str, path: str, dev: str, batches: list[dict[str, torch.Tensor]], *, threads: int,
-            repeats: int) -> dict[str, Any]:
-    """One row of the report: the variant at `path` scored on `dev` and timed on `batches`."""
+def measure(name: str, path: str, dev: str) -> tuple[Any, dict[str, Any]]:
+    """(predictor, row) of the variant at `path`, scored on `dev`; timed later with the others."""
     import zerolm
     from zerolm.tasks.base import scalars
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # before loading: an ONNX session takes the count when it starts
-    try:
-        pred = zerolm.load(path)
-        metric = getattr(pred.task, "metric", "loss")
-        scores = scalars(pred.evaluate(dev))
-        pred.model.eval()
-        ms = [latency_ms(pred.model, b, repeats) for b in batches]
-    finally:
-        torch.set_num_threads(before)
+    pred = zerolm.load(path)
+    metric = getattr(pred.task, "metric", "loss")
+    scores = scalars(pred.evaluate(dev))
+    pred.model.eval()
     p = Path(path)
     onnx = hasattr(pred.model, "session")
-    return {"name": name, "path": str(path), "method": _method(p, pred.model), "backend": "onnxruntime" if onnx
-            else "pytorch", "metric": metric, "score": scores.get(metric), "dev": scores,
-            "parameters": _onnx_parameters(pred.model) if onnx else count_parameters(pred.model),
-            "bytes": sum(f.stat().st_size for f in _files(p)), "ms": ms}
+    return pred, {"name": name, "path": str(path), "method": _method(p, pred.model),
+                  "backend": "onnxruntime" if onnx else "pytorch", "metric": metric, "score": scores.get(metric),
+                  "dev": scores, "parameters": _onnx_parameters(pred.model) if onnx else count_parameters(pred.model),
+                  "bytes": sum(f.stat().st_size for f in _files(p))}
 
 
 def compare(original: str, variants: list[tuple[str, str]], dev: str, *, threads: int = 2,
@@ -159,11 +167,17 @@ def compare(original: str, variants: list[tuple[str, str]], dev: str, *, threads
         if not Path(path).exists() and not str(path).startswith("python:"):
             raise ConfigError(f"--variants {name}: {path} does not exist")
     batches = timing_batches(zerolm.load(original), dev)
-    rows = [measure("original", original, dev, batches, threads=threads, repeats=repeats)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # before loading: an ONNX session takes the count when it starts
+    try:
+        preds, rows = zip(*[measure(name, path, dev) for name, path in [("original", original), *variants]])
+        log.info("timing %d models, interleaved, %d rounds", len(preds), repeats)
+        for row, ms in zip(rows, latencies_ms([p.model for p in preds], batches, repeats)):
+            row["ms"] = ms
+    finally:
+        torch.set_num_threads(before)
+    rows = list(rows)
     rows[0]["method"] = "original"
-    for name, path in variants:
-        log.info("measuring %s (%s)", name, path)
-        rows.append(measure(name, path, dev, batches, threads=threads, repeats=repeats))
     base = rows[0]
     metric = base["metric"]
     for r in rows:

@@ -43,6 +43,31 @@ def save_compressed(model: nn.Module, out: str | os.PathLike, *, tokenizer=None,
     return save_model(model, out, tokenizer=tokenizer, extra_files=extra)
 
 
+def read_record(directory: str | os.PathLike) -> dict | None:
+    """compress.json of a model directory (or of a run's best/ or final/), None when the
+    model was not made by `zerolm compress`."""
+    d = Path(directory)
+    for where in (d, d / "best", d / "final"):
+        path = where / RECORD_FILE
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise CheckpointError(f"{path}: unreadable compression record ({e})") from None
+            return record if isinstance(record, dict) else None
+    return None
+
+
+def method_chain(record: dict | None) -> str:
+    """"prune-ffn + recovery -> int8-dynamic": every step that made a model, oldest first,
+    following each record's `previous` (the source model's own record)."""
+    steps = []
+    while record:
+        steps.append(record.get("method", "?") + (" + recovery" if record.get("recovery") else ""))
+        record = record.get("previous")
+    return " -> ".join(reversed(steps))
+
+
 def replay_saved(model: nn.Module, directory: str | os.PathLike) -> None:
     """Put back the int8 modules recorded in `directory`'s compress.json (if any) in place of
     the fp32 ones of `model`, freshly built from the directory's config, before its
