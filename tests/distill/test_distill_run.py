@@ -4,6 +4,7 @@ a narrower student with projections), tagging with a CRF, and a causal LM."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_a_distilled_student_saves_reloads_and_predicts_as_trained(teacher, tmp_
     assert saved["retention"] == pytest.approx(saved["student"]["accuracy"] / saved["teacher"]["accuracy"])
     lat = saved["latency"]
     assert lat["batch_sizes"][0] == 1 and len(lat["teacher_ms"]) == len(lat["student_ms"]) == 2
+    assert lat["threads"] == min(2, len(os.sched_getaffinity(0)))  # quoted at 2 threads, whatever trained
     assert lat["speedup"] == pytest.approx([t / s for t, s in zip(lat["teacher_ms"], lat["student_ms"])])
     assert 0 < saved["student_bytes"] < saved["teacher_bytes"]  # one block of two
     assert (tmp_path / "d" / "distill.png").stat().st_size > 1000
