@@ -27,3 +27,27 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("ZEROLM_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """`tiny_run("classify_reviews.yaml", "train.epochs=2")`: the run directory of a shipped
+    tiny recipe (configs/tiny) trained once per session for each set of overrides, shared
+    by every test that asks for the same one. Tests read it; they never write into it."""
+    runs: dict[tuple[str, tuple[str, ...]], Path] = {}
+
+    def run(config: str, *overrides: str) -> Path:
+        key = (config, overrides)
+        if key not in runs:
+            from zerolm.config import FinetuneConfig, load_config
+            from zerolm.train.finetune import finetune
+            from zerolm.train.pretrain import pretrain
+
+            out = tmp_path_factory.mktemp(Path(config).stem) / "run"
+            cfg = load_config(REPO / "configs" / "tiny" / config,
+                              [f"out_dir={out}", "train.progress=false", *overrides])
+            finetune(cfg) if isinstance(cfg, FinetuneConfig) else pretrain(cfg)
+            runs[key] = out
+        return runs[key]
+
+    return run

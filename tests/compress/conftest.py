@@ -11,9 +11,6 @@ import torch
 from zerolm.models import ModelConfig, build_model
 from zerolm.models.heads import SequenceClassifier
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "tiny"
-
 
 def _tiny_model(family: str = "bert", **over) -> torch.nn.Module:
     torch.manual_seed(0)
@@ -37,12 +34,6 @@ def ids() -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def classifier(tmp_path_factory) -> Path:
+def classifier(tiny_run) -> Path:
     """best/ of a tiny sentiment classifier fine-tuned on the shipped reviews."""
-    from zerolm.config import FinetuneConfig, load_config
-    from zerolm.train.finetune import finetune
-
-    out = tmp_path_factory.mktemp("classifier") / "run"
-    finetune(load_config(TINY / "classify_reviews.yaml", [f"out_dir={out}", "train.epochs=1",
-                                                          "train.progress=false"], cls=FinetuneConfig))
-    return out / "best"
+    return tiny_run("classify_reviews.yaml", "train.epochs=1") / "best"

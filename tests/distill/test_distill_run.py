@@ -21,12 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny"
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    finetune(load_config(TINY / "classify_reviews.yaml", [f"out_dir={out}", "train.epochs=2",
-                                                          "train.progress=false"], cls=FinetuneConfig))
-    return out / "best"
+@pytest.fixture
+def teacher(tiny_run) -> Path:
+    return tiny_run("classify_reviews.yaml", "train.epochs=2") / "best"
 
 
 def cfg(teacher: Path, out: Path, *over: str) -> DistillConfig:
@@ -207,11 +204,9 @@ def test_an_interrupted_general_stage_resumes_and_the_task_stage_follows(teacher
             self.callbacks.append(lambda tr, step, row: tr.request_stop() if step == 2 else None)
         return original_fit(self)
 
-    Trainer.fit = stop_after_two
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "fit", stop_after_two)
         result, report = distill(cfg(teacher, out, *over))
-    finally:
-        Trainer.fit = original_fit
     assert result.interrupted and report["general"]["steps"] == 2 and not (out / "best").exists()
     result, report = distill(cfg(teacher, out, *over), resume=True)
     assert report["general"]["steps"] == 4 and (out / "best" / "model.safetensors").exists()

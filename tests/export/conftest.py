@@ -8,43 +8,23 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "tiny"
-
 
 @pytest.fixture(scope="session")
-def classifier(tmp_path_factory) -> Path:
+def classifier(tiny_run) -> Path:
     """best/ of a tiny sentiment classifier fine-tuned on the shipped reviews."""
-    from zerolm.config import FinetuneConfig, load_config
-    from zerolm.train.finetune import finetune
-
-    out = tmp_path_factory.mktemp("classifier") / "run"
-    finetune(load_config(TINY / "classify_reviews.yaml", [f"out_dir={out}", "train.epochs=2",
-                                                          "train.progress=false"], cls=FinetuneConfig))
-    return out / "best"
+    return tiny_run("classify_reviews.yaml", "train.epochs=2") / "best"
 
 
 @pytest.fixture(scope="session")
-def tagger(tmp_path_factory) -> Path:
+def tagger(tiny_run) -> Path:
     """best/ of a tiny NER tagger with a CRF, fine-tuned on the shipped CoNLL files."""
-    from zerolm.config import FinetuneConfig, load_config
-    from zerolm.train.finetune import finetune
-
-    out = tmp_path_factory.mktemp("tagger") / "run"
-    finetune(load_config(TINY / "tag_ner.yaml", [f"out_dir={out}", "task.crf=true", "train.epochs=3",
-                                                 "train.progress=false"], cls=FinetuneConfig))
-    return out / "best"
+    return tiny_run("tag_ner.yaml", "task.crf=true", "train.epochs=3") / "best"
 
 
 @pytest.fixture(scope="session")
-def char_gpt(tmp_path_factory) -> Path:
+def char_gpt(tiny_run) -> Path:
     """final/ of the tiny char-level GPT pretrained for 20 steps on the shipped corpus."""
-    from zerolm.config import load_config
-    from zerolm.train.pretrain import pretrain
-
-    out = tmp_path_factory.mktemp("gpt") / "run"
-    pretrain(load_config(TINY / "gpt_char.yaml", [f"out_dir={out}", "train.progress=false"]))
-    return out / "final"
+    return tiny_run("gpt_char.yaml") / "final"
 
 
 def _export(model_dir: Path, out: Path, **kw) -> Path:

@@ -147,14 +147,7 @@ def prune_heads(model: nn.Module, fraction: float | None = None, per_layer: PerL
     "gradient" (needs `objective` with `.loss(model, batch)`, e.g. a fine-tuned model's
     task, and labelled `batches`). Returns {"removed": {block: [head, ...]}, "heads": [H per block]}.
     """
-    s = scores(model, "heads", importance, objective, batches)
-    chosen = choose(s, fraction=fraction, per_layer=per_layer, scope=scope, allow_empty=allow_empty,
-                    what="heads")
-    before = sum(len(x) for x in s)
-    after = remove_heads(model, chosen)
-    log.info("pruned %d of %d attention heads (%s importance); heads per block now %s",
-             before - sum(after), before, importance, after)
-    return {"method": "prune-heads", "importance": importance, "removed": chosen, "heads": after}
+    return _prune(model, "heads", fraction, per_layer, importance, scope, objective, batches, allow_empty)
 
 
 def prune_ffn(model: nn.Module, fraction: float | None = None, per_layer: PerLayer | None = None, *,
@@ -162,14 +155,24 @@ def prune_ffn(model: nn.Module, fraction: float | None = None, per_layer: PerLay
               batches: Iterable[dict[str, torch.Tensor]] | None = None, allow_empty: bool = False) -> dict:
     """Remove the least important feed-forward neurons of `model` in place (the same rules
     as `prune_heads`; per_layer counts neurons). Returns {"removed": ..., "d_ff": [F per block]}."""
-    s = scores(model, "neurons", importance, objective, batches)
-    chosen = choose(s, fraction=fraction, per_layer=per_layer, scope=scope, allow_empty=allow_empty,
-                    what="neurons")
+    return _prune(model, "neurons", fraction, per_layer, importance, scope, objective, batches, allow_empty)
+
+
+# unit -> (method name, the record's key for the widths left, the unit and the widths as the log says them)
+_UNITS = {"heads": ("prune-heads", "heads", "attention heads", "heads per block"),
+          "neurons": ("prune-ffn", "d_ff", "feed-forward neurons", "width per block")}
+
+
+def _prune(model, unit: Unit, fraction, per_layer, importance, scope, objective, batches, allow_empty) -> dict:
+    """Score the units, choose the least important, remove them, say so."""
+    method, key, what, widths = _UNITS[unit]
+    s = scores(model, unit, importance, objective, batches)
+    chosen = choose(s, fraction=fraction, per_layer=per_layer, scope=scope, allow_empty=allow_empty, what=unit)
     before = sum(len(x) for x in s)
-    after = remove_neurons(model, chosen)
-    log.info("pruned %d of %d feed-forward neurons (%s importance); width per block now %s",
-             before - sum(after), before, importance, after)
-    return {"method": "prune-ffn", "importance": importance, "removed": chosen, "d_ff": after}
+    after = (remove_heads if unit == "heads" else remove_neurons)(model, chosen)
+    log.info("pruned %d of %d %s (%s importance); %s now %s", before - sum(after), before, what, importance,
+             widths, after)
+    return {"method": method, "importance": importance, "removed": chosen, key: after}
 
 
 def unit_counts(model: nn.Module, unit: Unit) -> list[int]:

@@ -171,9 +171,8 @@ def _recover_once(model: nn.Module, pred, source: str, where: Path, opts: Recove
     log.info("recovery: %d steps from %s (%s) in %s", steps, compressed,
              "labels only" if not opts.soft else f"distilling from {source}, soft weight {opts.soft:g}",
              where / "run")
-    ran = distill_fn(cfg)  # zerolm.train.distill.distill: (loop result, report with the teacher's dev scores)
-    result, report = ran if isinstance(ran, tuple) else (ran, {})
-    if getattr(result, "interrupted", False):
+    result, report = distill_fn(cfg)  # zerolm.train.distill.distill: (loop result, report)
+    if result.interrupted:
         raise ConfigError(f"{where / 'run'}: the recovery run was interrupted at step {result.step}; nothing "
                           "was written to --out (run the command again)")
     recovered = zerolm.load(_run_model(where / "run"))

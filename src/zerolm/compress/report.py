@@ -36,7 +36,7 @@ import torch
 from zerolm.atomic import atomic_write_text
 from zerolm.compress.save import check_out_dir, method_chain, read_record
 from zerolm.compress.surgery import count_parameters
-from zerolm.errors import CheckpointError, ConfigError
+from zerolm.errors import ConfigError
 from zerolm.modeldir import MODEL_FILE
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,7 @@ def _method(path: Path, model) -> str:
     """What the variant is: compress.json's method, the ONNX graph, or "original"."""
     if hasattr(model, "session"):  # an onnxruntime model (zerolm.export.runtime)
         return "onnx int8" if "int8" in Path(model.path).name else "onnx fp32"
-    try:
-        record = read_record(path)
-    except CheckpointError:
-        return "?"
+    record = read_record(path)  # an unreadable one already failed the load
     return method_chain(record) if record else "pytorch"
 
 
