@@ -1,4 +1,5 @@
-"""`zerolm compress`: prune, factorise or quantize a finished model into a new model directory."""
+"""`zerolm compress`: prune, factorise, quantize or shrink the vocabulary of a finished model
+into a new model directory."""
 
 from __future__ import annotations
 
@@ -6,20 +7,22 @@ from zerolm.cli.main import add_verb
 
 # zerolm.compress.METHODS / IMPORTANCE and models.config.FACTORISABLE, spelled out here so that
 # building the parser imports no torch (`zerolm --help` stays fast; a test keeps them equal)
-METHODS = ("prune-heads", "prune-ffn", "low-rank", "magnitude", "int8-weight", "int8-dynamic")
+METHODS = ("prune-heads", "prune-ffn", "low-rank", "magnitude", "int8-weight", "int8-dynamic", "prune-vocab")
 IMPORTANCE = ("weight_norm", "gradient")
 QUANT = ("int8-weight", "int8-dynamic")
 FACTORISABLE = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc_in", "mlp.fc_out")
 
 
 def register(sub) -> None:
-    p = add_verb(sub, "compress", "prune, factorise or quantize a finished model into a smaller one",
+    p = add_verb(sub, "compress", "prune, factorise, quantize or shrink the vocabulary of a finished model",
                  "zerolm compress runs/tiny_classify_reviews --method prune-heads --fraction 0.4 "
                  "--out runs/pruned\n"
                  "  zerolm compress runs/tiny_classify_reviews --method prune-ffn --fraction 0.5 "
                  "--importance gradient --data pkg:quickstart/reviews.tsv --out runs/ffn50\n"
                  "  zerolm compress runs/tiny_classify_reviews --method low-rank --energy 0.9 --out runs/lr90\n"
                  "  zerolm compress runs/tiny_classify_reviews --method int8-dynamic --out runs/int8\n"
+                 "  zerolm compress runs/tiny_classify_reviews --method prune-vocab --data pkg:quickstart/reviews.tsv "
+                 "--out runs/vocab\n"
                  "  zerolm compress runs/tiny_classify_reviews --method prune-ffn --fraction 0.5 --recover 200 "
                  "--recover-data pkg:quickstart/reviews.tsv --recover-dev pkg:quickstart/reviews_dev.tsv "
                  "--recover-lr 1e-3 --out runs/ffn50r\n"
@@ -34,7 +37,10 @@ def register(sub) -> None:
                              "and no faster with dense kernels). int8-weight stores the block linears (and an "
                              "untied token embedding) as int8 + per-channel scales, dequantized per call: "
                              "smaller, slower; int8-dynamic stores the same and also quantizes activations per "
-                             "token, for speed on CPU. The task head stays fp32. --recover STEPS then trains a "
+                             "token, for speed on CPU. The task head stays fp32. prune-vocab keeps only the "
+                             "token embedding rows (and a tokenizer) of the word pieces of --data, the special "
+                             "tokens and single characters: predictions on --data unchanged, a smaller "
+                             "embedding; run it before int8. --recover STEPS then trains a "
                              "pruned / factorised model on the task's data, distilling from the original (the "
                              "run kept in OUT.recovery/, the recovered model in OUT); quantize after recovery. "
                              "--report compares MODEL with compressed variants (PyTorch or ONNX "
@@ -56,9 +62,11 @@ def register(sub) -> None:
     g.add_argument("--importance", choices=IMPORTANCE, default="weight_norm",
                    help="weight_norm: data-free; gradient: |d loss / d gate| on --data (Michel et al. 2019)")
     g.add_argument("--data", default=None,
-                   help="labelled file in the model's training format: for --importance gradient, and "
-                        "with --report the dev file every variant is scored and timed on")
-    g.add_argument("--max-batches", type=int, default=32, help="batches of --data to score on (0: all)")
+                   help="labelled file in the model's training format: for --importance gradient, for "
+                        "prune-vocab the training file whose word pieces are kept, and with --report the dev "
+                        "file every variant is scored and timed on")
+    g.add_argument("--max-batches", type=int, default=32,
+                   help="batches of --data to score on (0: all; prune-vocab always reads all of it)")
     g.add_argument("--batch-size", type=int, default=16, help="batch size for scoring on --data")
     g.add_argument("--allow-empty", action="store_true",
                    help="allow removing every head / neuron of a block (the block then adds only a bias)")
@@ -68,6 +76,11 @@ def register(sub) -> None:
                    help="keep the smallest rank holding this share of the spectral energy (e.g. 0.9)")
     f.add_argument("--targets", default=",".join(FACTORISABLE),
                    help="linears of each block to factorise / magnitude-prune / quantize (default: all six)")
+    v = p.add_argument_group("vocabulary (prune-vocab, with --data TRAIN)")
+    v.add_argument("--no-keep-chars", action="store_true",
+                   help="keep only the pieces seen in --data and the special tokens (by default every "
+                        "single-character piece is kept too, so that an unseen word splits into pieces "
+                        "instead of becoming [UNK])")
     q = p.add_argument_group("int8 (int8-weight, int8-dynamic)")
     q.add_argument("--fp32-embeddings", action="store_true",
                    help="keep the token embedding fp32 (by default it is int8 too, unless tied to an "
@@ -154,10 +167,25 @@ def _check_options(args) -> None:
     if args.variants:
         raise ConfigError("--variants belongs to --report")
     prune = m in ("prune-heads", "prune-ffn")
+    vocab = m == "prune-vocab"
     if m != "low-rank" and (args.rank is not None or args.energy is not None):
         raise ConfigError(f"--rank / --energy belong to --method low-rank, not {m}")
-    if not prune and (args.per_layer is not None or args.importance != "weight_norm" or args.data):
-        raise ConfigError(f"--per-layer, --importance and --data belong to prune-heads / prune-ffn, not {m}")
+    if not prune and (args.per_layer is not None or args.importance != "weight_norm"):
+        raise ConfigError(f"--per-layer and --importance belong to prune-heads / prune-ffn, not {m}")
+    if args.data and not (prune or vocab):
+        raise ConfigError(f"--data belongs to prune-heads / prune-ffn (gradient importance) and prune-vocab, "
+                          f"not {m}")
+    if args.no_keep_chars and not vocab:
+        raise ConfigError(f"--no-keep-chars belongs to --method prune-vocab, not {m}")
+    if vocab:
+        if not args.data:
+            raise ConfigError("prune-vocab needs --data TRAIN: the labelled training file (in the model's task "
+                              "format) whose word pieces are kept")
+        if args.fraction is not None:
+            raise ConfigError("--fraction does not apply to prune-vocab: it keeps every word piece of --data")
+        if args.recover is not None:
+            raise ConfigError("--recover does not apply to prune-vocab: predictions on --data do not change, so "
+                              "there is nothing to recover")
     if m in QUANT and args.fraction is not None:
         raise ConfigError(f"--fraction does not apply to {m}: it quantizes every chosen linear (see --targets)")
     if args.fp32_embeddings and m not in QUANT:
@@ -222,12 +250,16 @@ def run(args) -> int:
     record = {"source": str(args.model), "method": args.method,
               "options": {k: getattr(args, k) for k in ("fraction", "per_layer", "scope", "importance", "data",
                                                          "rank", "energy", "targets", "fp32_embeddings", "recover",
-                                                         "iterative")},
+                                                         "iterative", "no_keep_chars")},
               "params_before": params_before}
     previous = read_record(resolve_model_path(args.model))
     if previous is not None:  # compressing a compressed model: keep what made it
         record["previous"] = previous
-    if opts is not None and args.method == "magnitude":  # pruned and recovered in rounds, the zeros kept
+    tokenizer = pred.tokenizer
+    if args.method == "prune-vocab":  # a new tokenizer too: the model now reads its ids
+        tokenizer, report = _prune_vocab(args, pred)
+        recovery = None
+    elif opts is not None and args.method == "magnitude":  # pruned and recovered in rounds, the zeros kept
         model, report, recovery = _recover(args, opts, model, pred, {**record, "params_after": params_before})
     else:
         report = _transform(args, model, per_layer, targets, objective, batches)
@@ -239,7 +271,7 @@ def run(args) -> int:
     record.update(params_after=params_after, report=report)
     if recovery is not None:
         record["recovery"] = recovery
-    out = save_compressed(model, args.out, tokenizer=pred.tokenizer, meta=pred.meta, record=record,
+    out = save_compressed(model, args.out, tokenizer=tokenizer, meta=pred.meta, record=record,
                           overwrite=args.overwrite)
     bytes_after = weight_bytes(out)
 
@@ -251,6 +283,11 @@ def run(args) -> int:
         print("ranks per block: " + "; ".join(
             f"{i}: " + ", ".join(f"{k.split('.')[-1]} {r}" for k, r in ranks.items())
             for i, ranks in enumerate(report["ranks"])))
+    elif args.method == "prune-vocab":
+        print(f"vocabulary: {report['vocab_before']:,} -> {report['vocab_after']:,} tokens: "
+              f"{report['seen_in_data']:,} seen in --data, {report['kept_chars']:,} single characters and "
+              f"{report['kept_special']} special tokens not seen; token embedding "
+              f"{report['embedding_params_before']:,} -> {report['embedding_params_after']:,} parameters")
     elif args.method in QUANT:
         emb = "the token embedding" if report["embeddings"] else f"not the token embedding ({report['embedding_note']})"
         print(f"int8: {len(report['linears'])} linears and {emb}; the task head stays fp32; quantized weights "
@@ -278,7 +315,9 @@ def run(args) -> int:
             f"{k} {before.get(k, float('nan')):.4f} -> {after[k]:.4f}"
             + (f" (original {original[k]:.4f})" if k in original else "") for k in shown)
               + f"; runs and metrics in {recovery['recovery_dir']}")
-    if args.method in QUANT or recovery is not None:  # int8 does not train; a recovered model is done
+    if args.method == "prune-vocab":  # nothing to recover: predictions on --data are unchanged
+        print(f"wrote {out}  (quantize next: zerolm compress {out} --method int8-dynamic --out OUT)")
+    elif args.method in QUANT or recovery is not None:  # int8 does not train; a recovered model is done
         print(f"wrote {out}")
     else:
         print(f"wrote {out}  (recover accuracy with --recover STEPS --recover-data TRAIN --recover-dev DEV, or: "
@@ -300,6 +339,23 @@ def _transform(args, model, per_layer, targets, objective, batches) -> dict:
     if args.method in QUANT:
         return quantize(model, args.method, targets=targets, embeddings=not args.fp32_embeddings)
     return magnitude(model, args.fraction, scope=args.scope, targets=targets)
+
+
+def _prune_vocab(args, pred):
+    """--method prune-vocab: (the pruned vocabulary's tokenizer, report); `pred.model` changes in place."""
+    from zerolm.compress.vocab import check_vocab_prunable, prune_vocab
+    from zerolm.errors import ConfigError
+
+    if pred.tokenizer is None:
+        raise ConfigError(f"{args.model}: no tokenizer beside the weights; prune-vocab writes a smaller one")
+    check_vocab_prunable(pred.model, pred.tokenizer)  # refusals before reading the data
+    if not pred.meta or not hasattr(pred.task, "labelled_batches"):
+        raise ConfigError(f"{args.model}: prune-vocab keeps the word pieces of the task's training data, read "
+                          "in the task's format, and this model has no task (task.json); prune the vocabulary "
+                          "of a fine-tuned model (a run's best/)")
+    # every batch, tokenized and truncated by the task exactly as the model will see its inputs
+    data = pred.task.labelled_batches(args.data, batch_size=args.batch_size)
+    return prune_vocab(pred.model, pred.tokenizer, data.eval_batches(0), keep_chars=not args.no_keep_chars)
 
 
 def _recover(args, opts, model, pred, record: dict):

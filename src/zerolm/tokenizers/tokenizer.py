@@ -32,7 +32,7 @@ from tokenizers import Tokenizer as Backend
 
 from zerolm.atomic import atomic_write_text
 from zerolm.data.text import iter_records
-from zerolm.errors import DataError
+from zerolm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,67 @@ class Tokenizer:
                 log.warning("%s: the vocabulary ids have gaps; vocab.txt renumbers them", d)
             atomic_write_text(d / "vocab.txt", "".join(t + "\n" for t, _ in ordered))
         return d
+
+    # ------------------------------------------------------------- subsetting
+    def check_subset(self) -> None:
+        """Raise ConfigError unless `subset` keeps this tokenizer's splits: WordPiece and
+        WordLevel (char) vocabularies only."""
+        model = type(self.backend.model).__name__
+        if model in _SUBSETTABLE:
+            return
+        if model == "BPE":
+            raise ConfigError(
+                "vocabulary pruning keeps a subset of the tokens, and a BPE tokenizer builds its tokens by "
+                "merges: dropping a token drops the merges that make or use it, which changes how kept words "
+                "are split too (and byte-level BPE needs every byte token for unseen text). Prune the "
+                "vocabulary of a WordPiece model (BERT family) only")
+        raise ConfigError(f"vocabulary pruning supports WordPiece and WordLevel (char) tokenizers; this one is "
+                          f"{model}, whose split of a word may depend on tokens that would be dropped")
+
+    def subset(self, keep_ids: Iterable[int]) -> tuple[Tokenizer, list[int]]:
+        """(a tokenizer of the tokens `keep_ids` only, `old_ids`): the kept tokens in their old
+        order, renumbered 0..n-1, so new id i was old id `old_ids[i]` (index an embedding's
+        rows with it). Every special and added token, the unknown token and the tokens the
+        post-processor inserts are kept whether asked for or not, and every id the backend
+        holds (vocabulary, added tokens, template, padding) is renumbered.
+
+        Text whose pieces were all kept tokenizes exactly as before. WordPiece splits a word
+        by greedy longest match: at each position the full vocabulary's longest match was
+        kept, and a subset holds no longer one, so each step takes the same piece. WordLevel
+        looks each word up alone. Other models are refused (`check_subset`).
+        """
+        self.check_subset()
+        raw = json.loads(self.backend.to_str())
+        model = raw["model"]
+        vocab: dict[str, int] = model["vocab"]
+        full = self.backend.get_vocab(with_added_tokens=True)  # token -> id, added tokens included
+        keep: set[int] = set()
+        for i in keep_ids:
+            if not 0 <= int(i) < self.vocab_size:
+                raise ValueError(f"subset: id {i} is not in this vocabulary of {self.vocab_size} tokens")
+            keep.add(int(i))
+        # what the backend itself refers to: dropping it would break encoding (or unseen text)
+        required = set(self.special_ids) | set(self._ids.values())
+        required |= {int(t["id"]) for t in raw.get("added_tokens") or []}
+        if model.get("unk_token") in full:
+            required.add(full[model["unk_token"]])
+        required |= _processor_ids(raw.get("post_processor"))
+        if raw.get("padding"):
+            required.add(int(raw["padding"]["pad_id"]))
+        old_ids = sorted(keep | required)
+        new = {old: i for i, old in enumerate(old_ids)}  # old id -> new id
+        model["vocab"] = {t: new[i] for t, i in vocab.items() if i in new}
+        for t in raw.get("added_tokens") or []:
+            t["id"] = new[int(t["id"])]
+        _renumber_processor(raw.get("post_processor"), new)
+        if raw.get("padding"):
+            raw["padding"]["pad_id"] = new[int(raw["padding"]["pad_id"])]
+        tok = Tokenizer(Backend.from_str(json.dumps(raw)), self.kind, lowercase=self.lowercase,
+                        model_max_length=self.model_max_length, special_tokens=dict(self._special_names))
+        if tok.vocab_size != len(old_ids):  # a token with two ids, or an added token outside the vocabulary
+            raise DataError(f"subset: this vocabulary does not number its {self.vocab_size} tokens one id "
+                            f"each (kept {len(old_ids)} ids, the new vocabulary has {tok.vocab_size})")
+        return tok, old_ids
 
     # --------------------------------------------------------------- queries
     @property
@@ -505,6 +566,39 @@ def _add_bert_template(backend: Backend) -> None:
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+
+
+_SUBSETTABLE = ("WordPiece", "WordLevel")  # models whose split of kept text a vocabulary subset keeps
+
+
+def _processor_ids(p: dict | None) -> set[int]:
+    """Ids a tokenizer.json post-processor inserts ([CLS], [SEP]; a Sequence's too)."""
+    if not p:
+        return set()
+    kind = p.get("type")
+    if kind == "TemplateProcessing":
+        return {int(i) for spec in (p.get("special_tokens") or {}).values() for i in spec["ids"]}
+    if kind in ("BertProcessing", "RobertaProcessing"):  # "sep": [token, id], "cls": [token, id]
+        return {int(p["sep"][1]), int(p["cls"][1])}
+    if kind == "Sequence":
+        return set().union(*(_processor_ids(q) for q in p.get("processors") or []))
+    return set()
+
+
+def _renumber_processor(p: dict | None, new: dict[int, int]) -> None:
+    """Rewrite, in place, the ids `_processor_ids` finds in `p` (old id -> new id)."""
+    if not p:
+        return
+    kind = p.get("type")
+    if kind == "TemplateProcessing":
+        for spec in (p.get("special_tokens") or {}).values():
+            spec["ids"] = [new[int(i)] for i in spec["ids"]]
+    elif kind in ("BertProcessing", "RobertaProcessing"):
+        for key in ("sep", "cls"):
+            p[key] = [p[key][0], new[int(p[key][1])]]
+    elif kind == "Sequence":
+        for q in p.get("processors") or []:
+            _renumber_processor(q, new)
 
 
 def _char_backend(paths: list[Path], lowercase: bool) -> Backend:
