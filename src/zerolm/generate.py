@@ -18,6 +18,7 @@ Shape letters: B batch (active rows), T tokens, V vocabulary, N new tokens.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -98,9 +99,15 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
                  attention_mask: torch.Tensor | None = None, eos_id: int | None = None,
-                 pad_id: int = 0, tokenizer=None) -> torch.Tensor:
+                 pad_id: int = 0, tokenizer=None,
+                 on_step: Callable[[list[int], list[int], list[bool]], None] | None = None) -> torch.Tensor:
     """Continue the left-padded prompts `input_ids` (B, T); returns the new tokens (B, N),
-    N <= max_new_tokens. A row that stopped early is filled with `eos_id` (or `pad_id`)."""
+    N <= max_new_tokens. A row that stopped early is filled with `eos_id` (or `pad_id`).
+
+    `on_step(rows, tokens, done)`, when given, is called after every step with the batch
+    rows still generating, the token each just got and whether that row stopped there
+    (a server streams tokens from it; rows still going when the loop ends stopped at
+    max_new_tokens)."""
     model.eval()
     device = next(model.parameters()).device
     seqs = input_ids.to(device)
@@ -164,6 +171,8 @@ def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
             for j, row in enumerate(active.tolist()):
                 tail = tokenizer.decode(out[row, max(0, n - 15):n + 1].tolist(), skip_special_tokens=False)
                 done[j] |= any(s in tail for s in cfg.stop)
+        if on_step is not None:
+            on_step(active.tolist(), nxt.tolist(), done.tolist())
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
             active = active[keep]

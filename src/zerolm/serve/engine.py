@@ -1,0 +1,146 @@
+"""A served model: what it can do (its routes), how long its inputs may be, and the batch
+functions the micro-batcher runs in the worker thread.
+
+Every result comes from the same calls as `zerolm.load(dir).predict / .embed /
+.generate`, so the server answers what the library answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from zerolm.generate import GenerationConfig, decode_new, encode_prompts, generate_ids
+from zerolm.loading import Predictor
+from zerolm.models import family
+
+log = logging.getLogger(__name__)
+
+# the work a model does, by the route that asks for it
+ROUTES = {"classify": "/v1/classify", "tag": "/v1/tag", "generate": "/v1/generate", "embed": "/v1/embeddings"}
+
+
+class Endpoint:
+    """One served model. `kind` is what it was made for (classify, tag, generate, or embed
+    for a model without a task head); `works` the kinds of work it accepts (a classifier
+    or tagger also embeds with its body)."""
+
+    def __init__(self, name: str, pred: Predictor):
+        self.name, self.pred = name, pred
+        task = pred.task.name if pred.task is not None else None
+        self.tokenizer = pred.tokenizer
+        if task == "classify":
+            self.kind = "classify"
+        elif task == "tag":
+            self.kind = "tag"
+        elif task == "clm" or family(pred.model.config).objective == "clm":
+            self.kind = "generate"
+        else:
+            self.kind = "embed"
+        self.works = [self.kind] + (["embed"] if self.kind in ("classify", "tag") else [])
+        self.labels = list(getattr(pred.task, "label_names", []) or []) if self.kind in ("classify", "tag") else []
+        cfg = pred.model.config
+        task_limit = getattr(pred.task, "max_length", None) if self.kind in ("classify", "tag") else None
+        tok_limit = self.tokenizer.model_max_length if self.tokenizer is not None else None
+        self.max_length = min(x for x in (task_limit, tok_limit, cfg.max_seq_len) if x)
+
+    def describe(self) -> dict[str, Any]:
+        out = {"id": self.name, "object": "model", "owned_by": "zerolm", "kind": self.kind,
+               "routes": [ROUTES[w] for w in self.works], "max_length": self.max_length,
+               "family": self.pred.model.config.family}
+        if self.labels:
+            out["labels"] = self.labels
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` as the model sees it (special tokens included for encoders)."""
+        return len(self.tokenizer.encode(text, add_special_tokens=self.kind != "generate"))
+
+    # ------------------------------------------------ batch functions (worker thread)
+    def run_batch(self, group: Hashable, items: list) -> Sequence[Any]:
+        """Results of one batch, one per item, in order; `group` is (work, options)."""
+        work, options = group
+        texts = [it.payload for it in items]
+        if work in ("classify", "tag"):
+            return self.pred.predict(texts, batch_size=len(texts))
+        if work == "embed":
+            return list(self.pred.embed(texts, batch_size=len(texts)))
+        if work == "generate":
+            return self._generate(items, GenerationConfig(**dict(options)))
+        raise ValueError(f"unknown work {work!r}")
+
+    def _generate(self, items: list, cfg: GenerationConfig) -> list[dict[str, Any]]:
+        """Continuations of a batch of prompts through the KV cache; rows that stop leave the
+        batch; each row's tokens go to its item's `on_token` as they come."""
+        tok = self.tokenizer
+        ids, mask = encode_prompts(tok, [it.payload for it in items])
+        stopped: set[int] = set()
+        counts = [0] * len(items)
+
+        def on_step(rows: list[int], tokens: list[int], done: list[bool]) -> None:
+            for r, t, d in zip(rows, tokens, done):
+                counts[r] += 1
+                if d:
+                    stopped.add(r)
+                if items[r].on_token is not None:
+                    items[r].on_token(t)
+
+        pad = tok.pad_id if tok.pad_id is not None else 0
+        new = generate_ids(self.pred.model, ids, cfg, attention_mask=mask, eos_id=tok.eos_id, pad_id=pad,
+                           tokenizer=tok, on_step=on_step)
+        return [{"text": decode_new(tok, row, cfg), "finish_reason": "stop" if r in stopped else "length",
+                 "tokens": counts[r]} for r, row in enumerate(new.tolist())]
+
+
+def generation_group(options: dict[str, Any]) -> tuple:
+    """The batching group of a generation request: rows share a batch only with rows of
+    the same (validated) options."""
+    cfg = GenerationConfig(**options)
+    d = asdict(cfg)
+    d["stop"] = tuple(d["stop"])
+    return ("generate", tuple(sorted(d.items())))
+
+
+def encode_embedding(v: np.ndarray, fmt: str) -> list[float] | str:
+    """An embedding as the OpenAI API sends it: a list of floats, or base64 of float32."""
+    if fmt == "base64":
+        return base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii")
+    return [float(x) for x in v]
+
+
+class TextStream:
+    """The text of a generation as its tokens arrive, in pieces that add up to the final
+    text: a piece is held back while it might still change (an unfinished UTF-8
+    character, the start of a stop sequence)."""
+
+    def __init__(self, tokenizer, cfg: GenerationConfig):
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.ids: list[int] = []
+        self.sent = ""
+        self.hold = max((len(s) for s in cfg.stop), default=1) - 1
+
+    def push(self, token: int) -> str:
+        """The new text that is safe to send after `token` ('' if none)."""
+        self.ids.append(token)
+        text = decode_new(self.tokenizer, self.ids, self.cfg)
+        safe = text[: len(text) - self.hold] if self.hold else text
+        safe = safe.rstrip("\ufffd")  # a multi-byte character still arriving
+        if not safe.startswith(self.sent) or len(safe) <= len(self.sent):
+            return ""
+        piece, self.sent = safe[len(self.sent):], safe
+        return piece
+
+    def finish(self, final: str) -> str:
+        """The rest of the final text (what `generate` returns) not sent yet."""
+        if final.startswith(self.sent):
+            piece = final[len(self.sent):]
+        else:  # cannot happen with prefix-stable decoding; send what is missing anyway
+            log.warning("streamed text %r is not a prefix of the final %r", self.sent, final)
+            piece = final
+        self.sent = final
+        return piece

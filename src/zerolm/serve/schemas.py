@@ -1,0 +1,159 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI schema at /docs).
+
+Every POST takes `{"model": NAME, "input": TEXT or [TEXTS]}` plus its own options, as
+OpenAI's embeddings API does; `model` may be left out when one model is served. Unknown
+fields are refused (422 naming the field), so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Texts = str | list[str]
+
+
+class TextsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="a served model's name (optional when one is served)")
+    input: Texts = Field(..., description="a text, or a list of texts answered in order")
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, v: Texts) -> Texts:
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("the text is empty")
+            return v
+        if not v:
+            raise ValueError("the list holds no text")
+        for i, t in enumerate(v):
+            if not t.strip():
+                raise ValueError(f"text {i} of the list is empty")
+        return v
+
+
+class ClassifyRequest(TextsRequest):
+    pass
+
+
+class TagRequest(TextsRequest):
+    pass
+
+
+class GenerateRequest(TextsRequest):
+    max_new_tokens: int = Field(32, description="tokens to generate at most")
+    temperature: float = Field(1.0, description="0: greedy; < 1 sharpens, > 1 flattens")
+    top_k: int = Field(0, description="keep the k most likely tokens (0: all)")
+    top_p: float = Field(1.0, description="nucleus: keep this much probability (1: all)")
+    repetition_penalty: float = Field(1.0, description="> 1 discourages repeated tokens")
+    greedy: bool = Field(False, description="always take the most likely token")
+    stop: str | list[str] = Field(default_factory=list, description="stop a text at any of these")
+    seed: int | None = Field(None, description="seed for sampling (the same seed, the same text)")
+    stream: bool = Field(False, description="send the text token by token as server-sent events")
+
+
+class EmbeddingsRequest(TextsRequest):
+    encoding_format: Literal["float", "base64"] = Field("float", description="float list or base64 float32")
+    dimensions: int | None = Field(None, description="must equal the model's width when given")
+    user: str | None = Field(None, description="accepted and ignored (OpenAI clients send it)")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int | None = None
+
+
+class ClassifyResult(BaseModel):
+    index: int
+    label: str
+    score: float
+    probs: dict[str, float]
+    truncated: bool
+
+
+class Entity(BaseModel):
+    type: str
+    text: str
+    start: int = Field(..., description="character offset of the first character")
+    end: int = Field(..., description="character offset after the last character")
+    words: list[int] = Field(..., description="first and last word index")
+
+
+class TagResult(BaseModel):
+    index: int
+    tokens: list[str]
+    tags: list[str]
+    entities: list[Entity]
+    truncated: bool
+
+
+class GenerateResult(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    tokens: int
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[ClassifyResult]
+    usage: Usage
+
+
+class TagResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[TagResult]
+    usage: Usage
+
+
+class GenerateResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[GenerateResult]
+    usage: Usage
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Embedding]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str
+    kind: Literal["classify", "tag", "generate", "embed"]
+    routes: list[str]
+    max_length: int
+    family: str
+    labels: list[str] | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,558 @@
+// The page of `zerolm serve`: lists the served models (GET v1/models), sends the text
+// to the route of the chosen task and draws the answer.
+//
+// Rules kept throughout:
+// - every URL is relative to the page, so a server mounted under a prefix still works;
+// - model output and error messages are shown with textContent, never parsed as HTML;
+// - one request at a time: the run button waits for the answer; Stop aborts a generation.
+"use strict";
+
+// ---------------------------------------------------------------- constants
+
+// Route -> task the page knows how to draw; routes it does not know are ignored.
+const ROUTE_TASK = {
+  "/v1/classify": "classify",
+  "/v1/tag": "tag",
+  "/v1/generate": "generate",
+  "/v1/embeddings": "embed",
+};
+
+const TASK_TITLE = {
+  classify: "Classify",
+  tag: "Tag entities",
+  generate: "Generate",
+  embed: "Embeddings: nearest sentences",
+};
+
+// What the text box is for, by task.
+const TEXT_LABEL = {
+  classify: "Text",
+  tag: "Text",
+  generate: "Prompt",
+  embed: "Query",
+};
+
+// Filled into an empty text box (or one still holding another task's example).
+const EXAMPLES = {
+  classify: "The story is simple, but the telling is wonderful.",
+  tag: "The new station in Marrow Hill was opened by Orchard Lane Bakery on Monday.",
+  generate: "In the valley, the weather",
+  embed: "It rained all morning in the hills.",
+};
+
+const EXAMPLE_CORPUS = [
+  "The rain fell softly on the roofs of the village.",
+  "A grey cloud came over the hills by noon.",
+  "The vacuum cleaner makes cleaning almost enjoyable.",
+  "The story is simple, but the telling is wonderful.",
+  "Children dropped leaves into the water and followed them.",
+  "The new station was opened on Monday.",
+  "This jacket kept me dry on a long hike.",
+  "The soup was cold and the service was slow.",
+].join("\n");
+
+// Entity types are coloured from a small palette by a stable hash of their name, so
+// PER is always the same colour and an unseen type still gets one.
+const PALETTE_SIZE = 8;
+
+const KEY_STORAGE = "zerolm.apiKey";
+const MODEL_STORAGE = "zerolm.model";
+
+// ---------------------------------------------------------------- state and elements
+
+const $ = (id) => document.getElementById(id);
+const el = {
+  form: $("form"),
+  model: $("model"),
+  modeField: $("mode-field"),
+  mode: $("mode"),
+  modelInfo: $("model-info"),
+  text: $("text"),
+  textLabel: $("text-label"),
+  genOptions: $("gen-options"),
+  maxNewTokens: $("max-new-tokens"),
+  temperature: $("temperature"),
+  topP: $("top-p"),
+  seed: $("seed"),
+  corpusField: $("corpus-field"),
+  corpus: $("corpus"),
+  run: $("run"),
+  stop: $("stop"),
+  status: $("status"),
+  error: $("error"),
+  result: $("result"),
+  auth: $("auth"),
+  apiKey: $("api-key"),
+  apiKeySave: $("api-key-save"),
+};
+
+let models = []; // the "data" list of GET v1/models
+let inFlight = null; // AbortController of the running request, or null
+
+// ---------------------------------------------------------------- small helpers
+
+/** An element with attributes and children (strings become text nodes, never HTML). */
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name === "style") Object.assign(node.style, value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const percent = (p) => `${(100 * p).toFixed(1)}%`;
+
+function paletteIndex(name) {
+  let hash = 0;
+  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return hash % PALETTE_SIZE;
+}
+
+function currentModel() {
+  return models.find((m) => m.id === el.model.value) || null;
+}
+
+/** The tasks a model answers that the page can draw: its own kind first, then the
+ *  other routes it lists (a classifier may also serve embeddings, say). */
+function tasksOf(model) {
+  const tasks = [model.kind, ...(model.routes || []).map((r) => ROUTE_TASK[r])];
+  return [...new Set(tasks.filter((t) => t in TASK_TITLE))];
+}
+
+function currentTask() {
+  return el.mode.value || (currentModel() || {}).kind || "classify";
+}
+
+function setStatus(text) {
+  el.status.textContent = text;
+}
+
+function showError(message) {
+  el.error.textContent = message;
+  el.error.hidden = !message;
+}
+
+// ---------------------------------------------------------------- talking to the API
+
+/** An Error carrying the API's error object ({message, type, code, field}). */
+class ApiError extends Error {
+  constructor(status, body) {
+    const err = (body && body.error) || {};
+    super(err.message || `HTTP ${status}`);
+    this.status = status;
+    this.type = err.type;
+    this.field = err.field;
+  }
+}
+
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+/** fetch() with the API key; throws ApiError for a non-2xx answer. */
+async function api(path, { body, signal } = {}) {
+  const init = { headers: { Accept: "application/json", ...authHeaders() }, signal };
+  if (body !== undefined) {
+    init.method = "POST";
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    throw new Error(`Could not reach the server (${e.message}).`);
+  }
+  if (!response.ok) {
+    let payload = null;
+    try {
+      payload = await response.json();
+    } catch {
+      // not JSON (a proxy's error page, say): the status line is all we have
+    }
+    throw new ApiError(response.status, payload);
+  }
+  return response;
+}
+
+/** A message for the page; a 401 also opens the API key box. */
+function describeError(e) {
+  if (e instanceof ApiError && (e.status === 401 || e.status === 403)) {
+    el.auth.open = true;
+    el.apiKey.focus();
+    return `${e.message} — enter the server's API key above.`;
+  }
+  if (e instanceof ApiError && e.field) return `${e.message} (field: ${e.field})`;
+  return e.message || String(e);
+}
+
+// ---------------------------------------------------------------- models and tasks
+
+async function loadModels() {
+  showError("");
+  el.model.disabled = true;
+  el.run.disabled = true;
+  try {
+    const response = await api("v1/models");
+    models = (await response.json()).data || [];
+  } catch (e) {
+    models = [];
+    el.model.replaceChildren(h("option", {}, "no models"));
+    showError(describeError(e));
+    return;
+  }
+  if (!models.length) {
+    el.model.replaceChildren(h("option", {}, "no models"));
+    showError("The server has no models loaded.");
+    return;
+  }
+  el.model.replaceChildren(
+    ...models.map((m) => h("option", { value: m.id }, `${m.id} (${m.kind})`)),
+  );
+  const remembered = sessionStorage.getItem(MODEL_STORAGE);
+  if (models.some((m) => m.id === remembered)) el.model.value = remembered;
+  el.model.disabled = false;
+  el.run.disabled = false;
+  onModelChange();
+}
+
+function onModelChange() {
+  const model = currentModel();
+  if (!model) return;
+  sessionStorage.setItem(MODEL_STORAGE, model.id);
+  const tasks = tasksOf(model);
+  el.mode.replaceChildren(...tasks.map((t) => h("option", { value: t }, TASK_TITLE[t])));
+  el.mode.value = tasks[0] || "";
+  el.modeField.hidden = tasks.length < 2;
+
+  const facts = [`kind: ${model.kind}`];
+  if (model.max_length) facts.push(`max length: ${model.max_length} tokens`);
+  if (model.labels && model.labels.length) {
+    const shown = model.labels.slice(0, 12).join(", ");
+    facts.push(`labels: ${shown}${model.labels.length > 12 ? ", …" : ""}`);
+  }
+  el.modelInfo.textContent = facts.join(" · ");
+  onTaskChange();
+}
+
+let lastExample = null; // the example text the page put in the box, if any
+
+function onTaskChange() {
+  const task = currentTask();
+  el.textLabel.textContent = TEXT_LABEL[task] || "Text";
+  el.genOptions.hidden = task !== "generate";
+  el.corpusField.hidden = task !== "embed";
+  if (task === "embed" && !el.corpus.value.trim()) el.corpus.value = EXAMPLE_CORPUS;
+  // Replace the text only if it is empty or still the example of another task.
+  const text = el.text.value.trim();
+  if (!text || text === lastExample) {
+    el.text.value = EXAMPLES[task] || "";
+    lastExample = el.text.value;
+  }
+  el.run.textContent = { classify: "Classify", tag: "Tag", generate: "Generate", embed: "Search" }[task] || "Run";
+  clearResult();
+}
+
+function clearResult() {
+  el.result.replaceChildren();
+  el.result.hidden = true;
+  showError("");
+  setStatus("");
+}
+
+// ---------------------------------------------------------------- running
+
+async function run() {
+  const model = currentModel();
+  if (!model) return;
+  const text = el.text.value;
+  if (!text.trim()) {
+    showError("Type some text first.");
+    el.text.focus();
+    return;
+  }
+  if (inFlight) inFlight.abort();
+  const controller = new AbortController();
+  inFlight = controller;
+  clearResult();
+  setStatus("working…");
+  el.run.disabled = true;
+  const started = performance.now();
+  try {
+    const task = currentTask();
+    const handlers = { classify: runClassify, tag: runTag, generate: runGenerate, embed: runEmbed };
+    await handlers[task](model.id, text, controller.signal);
+    if (inFlight === controller) setStatus(`done in ${Math.round(performance.now() - started)} ms`);
+  } catch (e) {
+    if (e.name === "AbortError") {
+      setStatus("stopped");
+    } else {
+      setStatus("");
+      showError(describeError(e));
+    }
+  } finally {
+    if (inFlight === controller) {
+      inFlight = null;
+      el.run.disabled = false;
+      el.stop.hidden = true;
+    }
+  }
+}
+
+/** Show the result section with the given children (null ones left out). */
+function showResult(...children) {
+  el.result.replaceChildren(...children.filter((c) => c !== null && c !== undefined));
+  el.result.hidden = false;
+}
+
+function truncationNote(record) {
+  return record.truncated
+    ? h("p", { class: "note small", "data-testid": "truncated" },
+        "The input was longer than the model's context and was truncated.")
+    : null;
+}
+
+function usageNote(usage) {
+  return usage && usage.prompt_tokens !== undefined
+    ? h("p", { class: "muted small" }, `${usage.prompt_tokens} input tokens`)
+    : null;
+}
+
+// ---- classify: the label, then one bar per class, most probable first
+
+async function runClassify(model, text, signal) {
+  const response = await api("v1/classify", { body: { model, input: text }, signal });
+  const answer = await response.json();
+  const record = answer.data[0];
+  const probs = Object.entries(record.probs || { [record.label]: record.score })
+    .sort((a, b) => b[1] - a[1]);
+  const bars = h("ol", { class: "bars", "data-testid": "probs" },
+    probs.map(([label, p]) =>
+      h("li", { class: label === record.label ? "bar-row top" : "bar-row", "data-testid": "prob",
+                "data-label": label },
+        h("span", { class: "bar-label" }, label),
+        // The track is decorative: the percentage beside it carries the value.
+        h("span", { class: "bar-track", "aria-hidden": "true" },
+          h("span", { class: "bar-fill", style: { width: percent(p) } })),
+        h("span", { class: "bar-value" }, percent(p)))));
+  showResult(
+    h("h2", {}, "Prediction"),
+    h("p", { class: "label-line" },
+      h("strong", { class: "label", "data-testid": "label" }, record.label),
+      " ",
+      h("span", { class: "muted", "data-testid": "score" }, percent(record.score))),
+    bars,
+    truncationNote(record),
+    usageNote(answer.usage),
+  );
+}
+
+// ---- tag: the text with entities marked inline, then a table of entities
+
+/**
+ * The text as nodes with each entity wrapped in <mark data-type=TYPE>.
+ *
+ * The server's start/end count Unicode code points (Python string offsets) while JS
+ * strings count UTF-16 units, so the text is split into code points first. An entity
+ * whose offsets do not match its text (the server normalised the input, say) is looked
+ * up by its text after the previous entity instead; one that cannot be placed is left
+ * to the table.
+ */
+function markEntities(text, entities) {
+  const chars = Array.from(text);
+  const nodes = [];
+  let cursor = 0; // in code points
+  const sorted = [...entities].sort((a, b) => a.start - b.start);
+  for (const entity of sorted) {
+    let start = entity.start;
+    let end = entity.end;
+    if (chars.slice(start, end).join("") !== entity.text) {
+      const rest = chars.slice(cursor).join("");
+      const at = rest.indexOf(entity.text); // in UTF-16 units of `rest`
+      if (at < 0) continue;
+      start = cursor + Array.from(rest.slice(0, at)).length;
+      end = start + Array.from(entity.text).length;
+    }
+    if (start < cursor) continue; // overlaps the previous entity
+    nodes.push(chars.slice(cursor, start).join(""));
+    nodes.push(h("mark", {
+      class: `entity c${paletteIndex(entity.type)}`,
+      "data-type": entity.type,
+      title: entity.type,
+    }, h("span", { class: "entity-text" }, chars.slice(start, end).join("")),
+       h("span", { class: "entity-type" }, entity.type)));
+    cursor = end;
+  }
+  nodes.push(chars.slice(cursor).join(""));
+  return nodes;
+}
+
+async function runTag(model, text, signal) {
+  const response = await api("v1/tag", { body: { model, input: text }, signal });
+  const answer = await response.json();
+  const record = answer.data[0];
+  const entities = record.entities || [];
+  const table = entities.length
+    ? h("table", { class: "entities", id: "entities" },
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Type"), h("th", { scope: "col" }, "Text"),
+                         h("th", { scope: "col" }, "Characters"), h("th", { scope: "col" }, "Words"))),
+        h("tbody", {}, entities.map((e) =>
+          h("tr", { "data-testid": "entity-row", "data-type": e.type },
+            h("td", {}, h("span", { class: `swatch c${paletteIndex(e.type)}` }), e.type),
+            h("td", {}, e.text),
+            h("td", { class: "num" }, `${e.start}–${e.end}`),
+            h("td", { class: "num" }, e.words ? `${e.words[0]}–${e.words[1]}` : "")))))
+    : h("p", { class: "muted" }, "No entities found.");
+  showResult(
+    h("h2", {}, "Entities"),
+    h("p", { class: "tagged", "data-testid": "tagged" }, markEntities(text, entities)),
+    table,
+    truncationNote(record),
+    usageNote(answer.usage),
+  );
+}
+
+// ---- generate: the prompt, then the continuation as it streams in
+
+/** Read a text/event-stream body, calling onEvent with each `data:` payload. */
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+      // Events end with a blank line; the last piece may be an incomplete event.
+      const events = buffer.split(/\r?\n\r?\n/);
+      buffer = done ? "" : events.pop();
+      for (const event of events) {
+        const data = event.split(/\r?\n/)
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n");
+        if (data && onEvent(data) === false) return;
+      }
+      if (done) return;
+    }
+  } finally {
+    // Stop reading (and let the server stop generating) when done early or on an error.
+    reader.cancel().catch(() => {});
+  }
+}
+
+function numberOrNull(input) {
+  return input.value.trim() === "" ? null : Number(input.value);
+}
+
+async function runGenerate(model, text, signal) {
+  const body = {
+    model,
+    input: text,
+    max_new_tokens: numberOrNull(el.maxNewTokens) ?? 32,
+    temperature: numberOrNull(el.temperature) ?? 1.0,
+    top_p: numberOrNull(el.topP) ?? 1.0,
+    seed: numberOrNull(el.seed),
+    stream: true,
+  };
+  const completion = h("span", { class: "completion", "data-testid": "completion" });
+  const finish = h("p", { class: "muted small", "data-testid": "finish-reason" });
+  showResult(
+    h("h2", {}, "Generation"),
+    h("p", { class: "generation", "data-testid": "generation" },
+      h("span", { class: "prompt" }, text), completion, h("span", { class: "cursor", "aria-hidden": "true" })),
+    finish,
+  );
+  el.stop.hidden = false;
+  try {
+    const response = await api("v1/generate", { body, signal });
+    await readEvents(response, (data) => {
+      if (data === "[DONE]") return false;
+      const event = JSON.parse(data);
+      if (event.error) throw new ApiError(event.error.code || 500, event);
+      if (event.text) completion.append(event.text);
+      if (event.finish_reason) {
+        const why = { stop: "stopped (end of text or a stop sequence)", length: "reached max new tokens" };
+        finish.textContent = `Finished: ${why[event.finish_reason] || event.finish_reason}`;
+        finish.dataset.reason = event.finish_reason;
+      }
+      return true;
+    });
+  } finally {
+    el.result.querySelector(".cursor")?.remove();
+  }
+}
+
+// ---- embed: the corpus ranked by cosine similarity to the query
+
+async function runEmbed(model, text, signal) {
+  const corpus = el.corpus.value.split(/\r?\n/).map((s) => s.trim()).filter(Boolean);
+  if (!corpus.length) throw new Error("Add some sentences to the corpus, one a line.");
+  const response = await api("v1/embeddings", {
+    body: { model, input: [text, ...corpus], encoding_format: "float" }, signal,
+  });
+  const answer = await response.json();
+  const vectors = [];
+  for (const item of answer.data) vectors[item.index] = item.embedding;
+  const query = vectors[0];
+  // The server L2-normalises the vectors, so the dot product is the cosine similarity.
+  const dot = (a, b) => a.reduce((sum, x, i) => sum + x * b[i], 0);
+  const ranked = corpus.map((sentence, i) => ({ sentence, score: dot(query, vectors[i + 1]) }))
+    .sort((a, b) => b.score - a.score);
+  showResult(
+    h("h2", {}, "Nearest sentences"),
+    h("ol", { class: "bars neighbours", "data-testid": "neighbours" },
+      ranked.map(({ sentence, score }) =>
+        h("li", { class: "bar-row", "data-testid": "neighbour", "data-score": score.toFixed(4) },
+          h("span", { class: "bar-label" }, sentence),
+          h("span", { class: "bar-track", "aria-hidden": "true" },
+            h("span", { class: "bar-fill", style: { width: percent(Math.max(0, score)) } })),
+          h("span", { class: "bar-value" }, score.toFixed(3))))),
+    h("p", { class: "muted small" },
+      `cosine similarity · ${query.length} dimensions`,
+      answer.usage ? ` · ${answer.usage.prompt_tokens} input tokens` : ""),
+  );
+}
+
+// ---------------------------------------------------------------- wiring
+
+el.model.addEventListener("change", onModelChange);
+el.mode.addEventListener("change", onTaskChange);
+el.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  run();
+});
+// Ctrl+Enter (Cmd+Enter on a Mac) runs from anywhere in the form.
+el.form.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    event.preventDefault();
+    if (!el.run.disabled) run();
+  }
+});
+el.stop.addEventListener("click", () => inFlight && inFlight.abort());
+
+el.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
+function saveKey() {
+  const key = el.apiKey.value.trim();
+  if (key) sessionStorage.setItem(KEY_STORAGE, key);
+  else sessionStorage.removeItem(KEY_STORAGE);
+  loadModels();
+}
+el.apiKeySave.addEventListener("click", saveKey);
+el.apiKey.addEventListener("keydown", (event) => {
+  if (event.key === "Enter") {
+    event.preventDefault();
+    saveKey();
+  }
+});
+
+loadModels();
