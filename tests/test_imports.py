@@ -11,7 +11,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "zerolm"
 # what loads and runs a finished model: none of it may import zerolm.train
 INFERENCE = ("zerolm.loading", "zerolm.predict", "zerolm.generate", "zerolm.embed", "zerolm.modeldir",
              "zerolm.atomic", "zerolm.models", "zerolm.tasks", "zerolm.peft", "zerolm.convert",
-             "zerolm.tokenizers", "zerolm.eval", "zerolm.data", "zerolm.progress", "zerolm.export")
+             "zerolm.tokenizers", "zerolm.eval", "zerolm.data", "zerolm.progress", "zerolm.export",
+             "zerolm.serve")
 
 
 def module_name(path: Path) -> str:
