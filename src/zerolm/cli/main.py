@@ -14,7 +14,7 @@ import sys
 from zerolm.errors import ZeroLMError
 
 # verb module names under zerolm.cli, in the order `zerolm --help` lists them
-VERBS = ["quickstart", "tokenizer", "pretrain", "finetune", "distill", "compress", "export", "serve", "predict", "compare", "generate", "eval", "embed", "similar", "convert", "config", "clean"]
+VERBS = ["quickstart", "tokenizer", "pretrain", "finetune", "distill", "compress", "export", "serve", "predict", "compare", "generate", "eval", "embed", "similar", "index", "convert", "config", "clean"]
 
 
 def build_parser() -> argparse.ArgumentParser:
