@@ -76,7 +76,8 @@ def test_generation_past_the_context_window_uses_a_sliding_window():
     ("top_p", 0.0, "top_p must be in \\(0, 1\\]"),
     ("top_p", 1.5, "top_p must be in \\(0, 1\\]"),
     ("repetition_penalty", 0.0, "repetition_penalty must be > 0"),
-    ("seed", -1, "seed must be a non-negative integer"),
+    ("seed", -1, "seed must be an integer in \\[0, 2\\*\\*63\\)"),
+    ("seed", 2**64, "seed must be an integer in \\[0, 2\\*\\*63\\)"),
     ("stop", [""], "stop sequences must be non-empty"),
 ])
 def test_each_invalid_generation_parameter_has_its_own_error(field, value, message):

@@ -58,8 +58,8 @@ class GenerationConfig:
         if not self.repetition_penalty > 0:
             raise bad("repetition_penalty", "> 0 (1: none)")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or self.seed < 0):
-            raise bad("seed", "a non-negative integer")
+                                      or not 0 <= self.seed < 2**63):
+            raise bad("seed", "an integer in [0, 2**63)")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if any(not isinstance(s, str) or not s for s in self.stop):
@@ -67,17 +67,22 @@ class GenerationConfig:
 
     @property
     def is_greedy(self) -> bool:
-        return self.greedy or self.temperature == 0
+        # a temperature below float32's smallest normal number divides logits by zero: the
+        # limit of sampling as the temperature falls is the greedy choice
+        return self.greedy or self.temperature < 1.2e-38
 
 
 def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig, seen: torch.Tensor | None) -> torch.Tensor:
     """logits (B, V) -> processed logits (B, V); `seen` bool (B, V) marks tokens in the text."""
     if cfg.repetition_penalty != 1.0 and seen is not None:
         pen = torch.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
-        logits = torch.where(seen, pen, logits)
+        big = torch.finfo(logits.dtype).max  # an extreme penalty must not make +-inf (inf - inf is NaN)
+        logits = torch.where(seen, pen, logits).clamp(-big, big)
     if cfg.is_greedy:
         return logits
-    logits = logits / cfg.temperature
+    # shifting each row to a maximum of 0 changes no probability, and keeps a tiny
+    # temperature from overflowing to inf (the best token stays at 0, the rest -> -inf)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / cfg.temperature
     if cfg.top_k and cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

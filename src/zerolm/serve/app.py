@@ -293,6 +293,11 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None) ->
             msg = "required"
         return error_response(422, f"{field}: {msg}", "invalid_request_error", field)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):  # a bug: still the JSON shape, and logged
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(500, f"internal error: {type(e).__name__}: {e}", "server_error")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
@@ -515,7 +520,8 @@ def _field(loc) -> str:
     for part in loc:
         if part == "body" or (isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)):
             continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        name = str(part) or '""'  # an empty key is a field too
+        out += f"[{part}]" if isinstance(part, int) else (f".{name}" if out else name)
     return out or "body"
 
 

@@ -24,15 +24,23 @@ class TextsRequest(BaseModel):
     @classmethod
     def _not_empty(cls, v: Texts) -> Texts:
         if isinstance(v, str):
-            if not v.strip():
-                raise ValueError("the text is empty")
+            _check_text(v, "the text")
             return v
         if not v:
             raise ValueError("the list holds no text")
         for i, t in enumerate(v):
-            if not t.strip():
-                raise ValueError(f"text {i} of the list is empty")
+            _check_text(t, f"text {i} of the list")
         return v
+
+
+def _check_text(text: str, what: str) -> None:
+    if not text.strip():
+        raise ValueError(f"{what} is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate ("\ud800"): JSON allows it, UTF-8 does not
+        raise ValueError(f"{what} holds {text[e.start]!r} at character {e.start}, which is not a "
+                         "character (a lone UTF-16 surrogate)") from None
 
 
 class ClassifyRequest(TextsRequest):
