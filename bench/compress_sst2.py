@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--lowrank-lr", type=float, default=1e-4, help="recovery learning rate of low-rank")
     ap.add_argument("--lowrank-rank", type=int, default=128, help="rank of every block linear (128: half)")
     ap.add_argument("--pipeline-fraction", type=float, default=0.5, help="share of the student's FFN neurons pruned")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the variants an earlier run left in --out (only the report is made again)")
     ap.add_argument("--repeats", type=int, default=20, help="timed forward passes per model and batch")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -139,6 +141,9 @@ def main() -> None:
     for name, cli in jobs:
         if name in after and not status[after[name]]["ok"]:
             status[name] = {"ok": False, "seconds": 0.0, "tail": f"skipped: {after[name]} failed"}
+            continue
+        if args.reuse and Path(d[name]).is_dir() and any(Path(d[name]).iterdir()):
+            status[name] = {"ok": True, "seconds": 0.0, "tail": "reused"}
             continue
         ok, secs, tail = zerolm_cli(*cli, "--overwrite", log=out / f"{name}.log")
         status[name] = {"ok": ok, "seconds": round(secs, 1), "tail": tail}

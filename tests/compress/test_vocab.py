@@ -277,3 +277,12 @@ def test_option_refusals_say_why_and_write_nothing(args, message, classifier, tm
     assert main(["compress", str(classifier), *args, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_times_a_pruned_vocabulary_on_its_own_tokenizer(classifier, pruned):
+    from zerolm.compress.report import compare
+
+    report = compare(str(classifier), [("vocab", str(pruned))], TRAIN, repeats=1)
+    original, vocab = report["rows"]
+    assert vocab["change"] == pytest.approx(0.0, abs=1e-9)  # the data the vocabulary came from
+    assert vocab["tokens"] == original["tokens"] and vocab["bytes"] < original["bytes"]

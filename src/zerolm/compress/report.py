@@ -9,8 +9,10 @@ How each number is taken, identically for every variant (PyTorch or ONNX):
   two warm-up rounds) of
   `predictor.model(input_ids, attention_mask=, token_type_ids=)` on tokenized dev inputs:
   the first evaluation batch of 32 (the longest dev inputs, as the distillation report
-  times), and its first row alone for batch 1, cut to its own length; the original's
-  tokenizer makes these inputs once, so every variant runs on the same tensors; torch and
+  times), and its first row alone for batch 1, cut to its own length; each variant's own
+  tokenizer makes them (the same tensors for every variant of the original's vocabulary;
+  a pruned vocabulary may split a rare word into more pieces, and is timed on what it
+  sees); torch and
   onnxruntime both at `threads` threads (an ONNX session takes its thread count when it
   loads, so the count is set before the variants load); every variant is held in memory
   while they are timed;
@@ -107,16 +109,17 @@ def _forward(model, batch: dict[str, torch.Tensor]) -> float:
         return time.perf_counter() - t
 
 
-def latencies_ms(models: list, batches: list[dict[str, torch.Tensor]], repeats: int) -> list[list[float]]:
-    """Median milliseconds per (model, batch). Passes are interleaved, one timed pass of
+def latencies_ms(models: list, batches: list[list[dict[str, torch.Tensor]]], repeats: int) -> list[list[float]]:
+    """Median milliseconds per (model, batch); `batches[m]` are model m's inputs (the same
+    inputs, made by each model's tokenizer). Passes are interleaved, one timed pass of
     every model per round after two warm-up rounds, so that a slow spell of the machine
     falls on every model alike rather than on whichever was being timed. Each timed pass
     follows an untimed one of the same model: thread pools keep spinning for a while after
     their work (onnxruntime's, OpenMP's), and that pass absorbs the previous model's."""
-    times = [[[] for _ in batches] for _ in models]
+    times = [[[] for _ in batches[m]] for m in range(len(models))]
     for r in range(repeats + 2):
         for m, model in enumerate(models):
-            for b, batch in enumerate(batches):
+            for b, batch in enumerate(batches[m]):
                 _forward(model, batch)
                 t = _forward(model, batch)
                 if r >= 2:
@@ -126,7 +129,7 @@ def latencies_ms(models: list, batches: list[dict[str, torch.Tensor]], repeats: 
 
 def latency_ms(model, batch: dict[str, torch.Tensor], repeats: int) -> float:
     """Median milliseconds of one forward pass of one model over `batch`."""
-    return latencies_ms([model], [batch], repeats)[0][0]
+    return latencies_ms([model], [[batch]], repeats)[0][0]
 
 
 def timing_batches(pred, dev: str, batch_size: int = BATCH_SIZES[-1]) -> list[dict[str, torch.Tensor]]:
@@ -158,19 +161,18 @@ def measure(name: str, path: str, dev: str) -> tuple[Any, dict[str, Any]]:
 def compare(original: str, variants: list[tuple[str, str]], dev: str, *, threads: int = 2,
             repeats: int = 10) -> dict[str, Any]:
     """The report of `variants` [(name, path)] against `original` on the dev file `dev`."""
-    import zerolm
-
     for name, path in variants:
         if not Path(path).exists() and not str(path).startswith("python:"):
             raise ConfigError(f"--variants {name}: {path} does not exist")
-    batches = timing_batches(zerolm.load(original), dev)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # before loading: an ONNX session takes the count when it starts
     try:
         preds, rows = zip(*[measure(name, path, dev) for name, path in [("original", original), *variants]])
         log.info("timing %d models, interleaved, %d rounds", len(preds), repeats)
-        for row, ms in zip(rows, latencies_ms([p.model for p in preds], batches, repeats)):
+        batches = [timing_batches(p, dev) for p in preds]
+        for row, ms, b in zip(rows, latencies_ms([p.model for p in preds], batches, repeats), batches):
             row["ms"] = ms
+            row["tokens"] = [int(x["input_ids"].shape[1]) for x in b]
     finally:
         torch.set_num_threads(before)
     rows = list(rows)
@@ -185,8 +187,8 @@ def compare(original: str, variants: list[tuple[str, str]], dev: str, *, threads
         r["speedup"] = [b / m for b, m in zip(base["ms"], r["ms"])]
         r["size_ratio"] = base["bytes"] / r["bytes"] if r["bytes"] else None
     return {"original": str(original), "dev": str(dev), "metric": metric, "threads": threads, "repeats": repeats,
-            "batch_sizes": [int(b["input_ids"].shape[0]) for b in batches],
-            "tokens": [int(b["input_ids"].shape[1]) for b in batches], "rows": rows}
+            "batch_sizes": [int(b["input_ids"].shape[0]) for b in batches[0]], "tokens": rows[0]["tokens"],
+            "rows": rows}
 
 
 def markdown(report: dict[str, Any]) -> str:
