@@ -3,7 +3,7 @@ server without batching and with the FastAPI + transformers server a user would 
 
 Every server is a subprocess of this script on a free loopback port, started, waited for
 (/readyz) and stopped (SIGTERM) by it, one at a time. The load comes from this process:
-asyncio + httpx.AsyncClient (a pool of as many connections as clients), each client sending
+asyncio + aiohttp (a pool of as many connections as clients), each client sending
 its requests one after another, one SST-2 dev sentence per request (cycled), POST
 /v1/classify {"input": TEXT}. The model: the MiniLM-L6 SST-2 classifier of the shipped recipe
 configs/sst2_minilm.yaml (default runs/bench_distill/teacher/best).
@@ -206,15 +206,17 @@ class Load:
                 f"{self.errors} errors")
 
 
-async def _client(client: httpx.AsyncClient, texts: list[str], todo, latencies: list[float],
-                  statuses: Counter) -> None:
+async def _client(session, url: str, texts: list[str], todo, latencies: list[float], statuses: Counter) -> None:
     """One client: requests one after another while `todo` (shared by the clients) lasts."""
+    import aiohttp
+
     for i in todo:
         t = time.perf_counter()
         try:
-            r = await client.post("/v1/classify", json={"input": texts[i % len(texts)]})
-            status = str(r.status_code)
-        except httpx.HTTPError as e:
+            async with session.post(url + "/v1/classify", json={"input": texts[i % len(texts)]}) as r:
+                await r.read()
+                status = str(r.status)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             status = type(e).__name__
         latencies.append((time.perf_counter() - t) * 1000)
         statuses[status] += 1
@@ -223,17 +225,22 @@ async def _client(client: httpx.AsyncClient, texts: list[str], todo, latencies: 
 async def _drive(url: str, texts: list[str], chunks: list[int], clients: int, start: int,
                  after_chunk=None) -> list[Load]:
     """Run `chunks` of requests one after another, each from `clients` concurrent clients;
-    `after_chunk(i)` is called between chunks, with no request in flight."""
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    `after_chunk(i)` is called between chunks, with no request in flight. The load comes
+    from aiohttp (its HTTP parser is C), so that the client takes as little of the
+    machine's two cores from the server as a Python client can."""
+    import aiohttp
+
     out = []
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         for k, n in enumerate(chunks):
             todo = iter(range(start, start + n))
             start += n
             latencies: list[float] = []
             statuses: Counter = Counter()
             t0 = time.perf_counter()
-            await asyncio.gather(*(_client(client, texts, todo, latencies, statuses) for _ in range(min(clients, n))))
+            await asyncio.gather(*(_client(session, url, texts, todo, latencies, statuses)
+                                   for _ in range(min(clients, n))))
             out.append(Load(n, clients, time.perf_counter() - t0, sorted(latencies), statuses))
             if after_chunk is not None:
                 after_chunk(k)
@@ -494,6 +501,9 @@ def versions() -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="runs/bench_distill/teacher/best", help="the classifier to serve")
+    ap.add_argument("--serve-model", default=None,
+                    help="what zerolm serves (default --model): e.g. the ONNX export of --model, the same model "
+                         "run by onnxruntime; the baseline always runs --model through transformers")
     ap.add_argument("--parts", default="abcdef", help="which parts to run (letters of the docstring)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of every server")
     ap.add_argument("--clients", type=int, default=64, help="concurrent clients of parts a, b, c, e")
@@ -530,7 +540,8 @@ def main() -> int:
     knobs = [f"--{k}={v}" for k, v in (("max-batch-size", args.max_batch_size), ("max-wait-ms", args.max_wait_ms),
                                        ("max-batch-tokens", args.max_batch_tokens)) if v is not None]
     max_wait_ms = args.max_wait_ms if args.max_wait_ms is not None else 5.0
-    serve = [*zerolm_command(), "serve", args.model, "--port", "{port}", "--threads", str(args.threads)]
+    served = args.serve_model or args.model
+    serve = [*zerolm_command(), "serve", served, "--port", "{port}", "--threads", str(args.threads)]
     rows: list[list[str]] = []
     res: dict = {}
     ok: dict[str, bool] = {}
@@ -654,7 +665,7 @@ def main() -> int:
         print()
 
     emit(rows, ["part", "server", "result", "target", "ok"],
-         {"bench": "serve_load", "model": args.model, "parts": args.parts, "threads": args.threads,
+         {"bench": "serve_load", "model": args.model, "served": args.serve_model or args.model, "parts": args.parts, "threads": args.threads,
           "knobs": knobs, "server_cpus": args.server_cpus, "results": res, "pass": ok,
           "cpu": cpu_name(), "cores": os.cpu_count(), "versions": versions(), "env": environment(),
           "wall_s": round(time.perf_counter() - t_start, 1)})
