@@ -248,12 +248,25 @@ def upgrade_strategy_keys(section: dict[str, Any], where: str = "strategy") -> d
 @dataclass
 class FinetuneTaskConfig:
     # a name in zerolm.tasks' registry (classify: sentence (pair) classification, tag: token
-    # tagging, clm: prompt -> completion), checked before a run starts
+    # tagging, clm: prompt -> completion, intent_slots: joint intent detection and slot
+    # filling), checked before a run starts
     name: str = "classify"
     class_weights: list[float] = field(default_factory=list)  # classify: per label (sorted names); empty: none
-    head_dropout: float = 0.1  # classify / tag: dropout before the linear head
-    pooling: Literal["first", "mean"] = "first"  # classify: BERT pooled [CLS] / GPT last token, or the mean over tokens
-    crf: bool = False  # tag: a linear-chain CRF on top (forward-algorithm loss, Viterbi decoding)
+    head_dropout: float = 0.1  # classify / tag / intent_slots: dropout before the linear head(s)
+    pooling: Literal["first", "mean"] = "first"  # classify / intent_slots (intent): BERT pooled [CLS] / GPT last token, or the mean over tokens
+    crf: bool = False  # tag / intent_slots: a linear-chain CRF on top (forward-algorithm loss, Viterbi decoding)
+    intent_weight: float = 1.0  # intent_slots: weight of the intent cross-entropy in the joint loss
+    slot_weight: float = 1.0  # intent_slots: weight of the slot loss (per word; the CRF's NLL with task.crf)
+    # classify, out-of-scope detection (zerolm.eval.oos): the label out-of-scope queries carry
+    # in the data and in predictions (CLINC150: oos); in the training data it is a class
+    oos_label: str | None = None
+    oos_score: Literal["msp", "energy"] = "msp"  # classify: 1 - max in-scope probability, or energy
+    # classify: out of scope when the score is above this number; auto: calibrated on dev
+    # (see oos_in_scope_recall); null: the oos class alone decides
+    oos_threshold: float | str | None = None
+    # classify, oos_threshold auto: null maximises in-scope accuracy + oos recall on dev; a
+    # share (e.g. 0.95) takes the lowest threshold keeping that share of in-scope dev queries
+    oos_in_scope_recall: float | None = None
 
 
 @dataclass
@@ -283,10 +296,12 @@ class FinetuneConfig:
         if self.reinit and not self.init:
             raise ConfigError("reinit: true needs init: the model whose architecture and tokenizer to take")
         t, s = self.task, self.strategy
-        if t.crf and t.name != "tag":
-            raise ConfigError(f"task.crf needs task.name 'tag', got {t.name!r}")
+        if t.crf and t.name not in ("tag", "intent_slots"):
+            raise ConfigError(f"task.crf needs task.name 'tag' or 'intent_slots', got {t.name!r}")
+        _check_joint_task(t, self.train.early_stopping)
         if t.class_weights and t.name != "classify":
             raise ConfigError(f"task.class_weights needs task.name 'classify', got {t.name!r}")
+        _check_oos(t)
         if self.init is None and t.name == "clm" and self.model.family != "gpt":
             raise ConfigError("task.name 'clm' needs a gpt model (model.family: gpt)")
         if not 0 <= t.head_dropout < 1:
@@ -346,6 +361,52 @@ def _check_train(tr: TrainConfig) -> None:
     if tr.early_stopping.patience < 0:
         raise ConfigError(f"train.early_stopping.patience must be >= 0 (0 disables it), got "
                           f"{tr.early_stopping.patience}")
+
+
+def _check_oos(t: FinetuneTaskConfig) -> None:
+    """Out-of-scope settings: classification only, a label to name out-of-scope queries,
+    and a threshold that is a number or auto. (Whether oos_label is a class of the training
+    data is checked when the data is read.)"""
+    set_keys = [k for k, default in (("oos_label", None), ("oos_score", "msp"), ("oos_threshold", None),
+                                     ("oos_in_scope_recall", None)) if getattr(t, k) != default]
+    if set_keys and t.name != "classify":
+        raise ConfigError(f"task.{set_keys[0]}: out-of-scope detection is for task.name 'classify', "
+                          f"got {t.name!r}; remove the task.oos_* keys")
+    if t.oos_threshold is not None and t.oos_label is None:
+        raise ConfigError("task.oos_threshold needs task.oos_label: the label out-of-scope queries carry "
+                          "in the data and in predictions (e.g. task.oos_label=oos)")
+    th = t.oos_threshold
+    if isinstance(th, str) and th != "auto":
+        raise ConfigError(f"task.oos_threshold must be a number, auto (calibrated on dev) or null, got {th!r}")
+    if isinstance(th, float) and not math.isfinite(th):
+        raise ConfigError(f"task.oos_threshold must be a finite number, got {th}")
+    r = t.oos_in_scope_recall
+    if r is not None:
+        if th != "auto":
+            raise ConfigError(f"task.oos_in_scope_recall ({r:g}) calibrates the threshold: it needs "
+                              f"task.oos_threshold=auto, got {th!r}")
+        if not 0 < r <= 1:
+            raise ConfigError(f"task.oos_in_scope_recall must be a share in (0, 1], e.g. 0.95, got {r:g}")
+
+
+def _check_joint_task(t: FinetuneTaskConfig, es: EarlyStoppingConfig) -> None:
+    """task.intent_weight / task.slot_weight: intent_slots only, >= 0, not both 0; and an
+    early-stopping metric its report has (it has no plain `accuracy`)."""
+    weights = {"intent_weight": t.intent_weight, "slot_weight": t.slot_weight}
+    if t.name != "intent_slots":
+        for k, v in weights.items():
+            if v != 1.0:
+                raise ConfigError(f"task.{k} needs task.name 'intent_slots', got {t.name!r}")
+        return
+    for k, v in weights.items():
+        if not (v >= 0 and math.isfinite(v)):
+            raise ConfigError(f"task.{k} must be a number >= 0, got {v}")
+    if not (t.intent_weight or t.slot_weight):
+        raise ConfigError("task.intent_weight and task.slot_weight are both 0: nothing would be learnt")
+    if es.metric in ("val_accuracy", "accuracy"):
+        raise ConfigError(f"train.early_stopping.metric: the intent_slots report has no {es.metric!r}; "
+                          "use val_frame_accuracy (mode max, the headline), val_intent_accuracy, val_slot_f1 "
+                          "or val_loss (mode min)")
 
 
 def _check_strategy(s: StrategyConfig) -> None:

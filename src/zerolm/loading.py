@@ -72,7 +72,8 @@ class Predictor:
 
     - `predict(inputs)`: one record per input, in input order, batched by length inside:
       classification {"label", "score", "probs"}; tagging {"tokens", "tags",
-      "entities"}; completion (and any causal LM) {"completion"};
+      "entities"}; intent_slots {"intent", "intent_score", "intent_probs", "tokens", "tags",
+      "slots"}; completion (and any causal LM) {"completion"};
     - `embed(texts)`: sentence embeddings (N, D), mean pooling + L2 by default;
     - `generate(prompts, **options)`: continuations of the prompts (a causal LM);
     - `evaluate(path)`: the task's report on a labelled file (the dev-set report of

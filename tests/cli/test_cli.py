@@ -104,7 +104,7 @@ def test_every_shipped_config_validates():
     finetune = [c for c in configs if isinstance(load_config(c), FinetuneConfig)]
     # every dataset of the fine-tuning issue, from MiniLM and from zerolm's own BERT
     names = {c.stem for c in finetune}
-    for data in ("sst2", "imdb", "trec", "conll2003", "wnut17"):
+    for data in ("sst2", "imdb", "trec", "conll2003", "wnut17", "atis_joint", "snips_joint"):
         assert {f"{data}_minilm", f"{data}_zerolm_bert"} <= names, data
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("fastapi", reason="zerolm serve needs the serve extra (fastapi, uvicorn)")
+
+FAQ = Path(__file__).resolve().parents[2] / "examples" / "assistant" / "faq.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +32,25 @@ def predictors(classifier_dir, tagger_dir, gpt_dir):
 
     return {"clf": zerolm.load(classifier_dir), "ner": zerolm.load(tagger_dir), "gpt": zerolm.load(gpt_dir)}
 
+
+
+# ---- the assistant's parts (tests/serve/test_assistant.py, test_page.py)
+
+
+@pytest.fixture(scope="session")
+def joint_dir(tiny_run):
+    return tiny_run("intent_slots.yaml") / "best"
+
+
+@pytest.fixture(scope="session")
+def oos_dir(tiny_run):
+    return tiny_run("classify_intents_oos.yaml") / "best"
+
+
+@pytest.fixture(scope="session")
+def faq_index(classifier_dir, tmp_path_factory):
+    from zerolm.index import build_index
+
+    out = tmp_path_factory.mktemp("faq") / "index"
+    build_index(classifier_dir, FAQ, out)  # any encoder embeds; the tiny classifier's body here
+    return out

@@ -48,7 +48,9 @@ def register(sub) -> None:
 # what --json prints for each fine-tuning task: the figures a user compares
 HEADLINE = {"classify": ("accuracy", "macro_f1", "weighted_f1", "loss"),
             "tag": ("f1", "precision", "recall", "accuracy", "loss"),
-            "clm": ("loss", "perplexity", "tokens")}
+            "clm": ("loss", "perplexity", "tokens"),
+            "intent_slots": ("frame_accuracy", "intent_accuracy", "slot_f1", "slot_precision", "slot_recall",
+                             "loss")}
 
 
 def run(args) -> int:

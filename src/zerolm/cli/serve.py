@@ -41,6 +41,14 @@ def register(sub) -> None:
     lim.add_argument("--max-new-tokens", type=int, default=512, help="generation length a request may ask for")
     lim.add_argument("--no-truncate", action="store_true",
                      help="answer 422 for an input over the model's length instead of truncating it")
+    a = p.add_argument_group("assistant (POST /v1/assist: see zerolm.assistant and examples/assistant)")
+    a.add_argument("--assistant", metavar="JOINT[,OOS]", default=None,
+                   help="chain the served intent_slots model JOINT, the served out-of-scope classifier OOS "
+                        "(optional) and --faq-index into POST /v1/assist and a panel on the page")
+    a.add_argument("--faq-index", metavar="DIR", default=None, help="a FAQ index (zerolm index build) for the assistant")
+    a.add_argument("--min-faq-score", type=float, default=0.6,
+                   help="cosine score at which a FAQ entry answers (default 0.6; 0.4 when its intent is "
+                        "the predicted one)")
     s = p.add_argument_group("security")
     s.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every route but /healthz and the page "
@@ -64,6 +72,19 @@ def model_name(spec: str) -> tuple[str, str]:
     return (p.name or spec).removeprefix("python:"), spec
 
 
+def _assistant(args) -> tuple[str, str | None] | None:
+    from zerolm.errors import ZeroLMError
+
+    if args.assistant is None:
+        if args.faq_index is not None:
+            raise ZeroLMError("--faq-index belongs to --assistant JOINT[,OOS]")
+        return None
+    names = [n.strip() for n in args.assistant.split(",")]
+    if not 1 <= len(names) <= 2 or not all(names):
+        raise ZeroLMError(f"--assistant {args.assistant!r}: give JOINT or JOINT,OOS (names of served models)")
+    return names[0], names[1] if len(names) == 2 else None
+
+
 def run(args) -> int:
     import logging
 
@@ -81,7 +102,13 @@ def run(args) -> int:
                              max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue,
                              timeout_s=args.timeout, max_body=args.max_body, max_inputs=args.max_inputs,
                              max_new_tokens=args.max_new_tokens, truncate=not args.no_truncate,
-                             api_key=args.api_key, cors=tuple(args.cors), threads=args.threads)
+                             api_key=args.api_key, cors=tuple(args.cors), threads=args.threads,
+                             assistant=_assistant(args), faq_index=args.faq_index,
+                             min_faq_score=args.min_faq_score)
+    if args.threads:  # before loading: an ONNX session takes its thread count when it starts
+        import torch
+
+        torch.set_num_threads(args.threads)
     models = {}
     for spec in args.models:
         name, path = model_name(spec)

@@ -34,7 +34,7 @@ from zerolm.errors import DataError
 log = logging.getLogger(__name__)
 
 DOCSTART = "-DOCSTART-"
-_TAG = re.compile(r"O|[BI]-\S+")  # O, B-TYPE, I-TYPE; a type has no spaces
+TAG_PATTERN = re.compile(r"O|[BI]-\S+")  # O, B-TYPE, I-TYPE; a type has no spaces
 
 
 @dataclass
@@ -94,7 +94,7 @@ def read_conll(path: str | Path, *, token_column: int = 0, tag_column: int | Non
             raise DataError(f"{p}:{lineno}: empty word in column {token_column}")
         if tag_column is not None:
             tag = cols[tag_column].strip()
-            if not _TAG.fullmatch(tag):
+            if not TAG_PATTERN.fullmatch(tag):
                 raise DataError(f"{p}:{lineno}: malformed tag {tag!r}: expected O, B-TYPE or I-TYPE "
                                 f"(tags are read from column {tag_column}; set data.tag_column if they "
                                 f"are elsewhere)")
@@ -105,12 +105,19 @@ def read_conll(path: str | Path, *, token_column: int = 0, tag_column: int | Non
     if not sentences:
         raise DataError(f"{p}: no sentences (expected one word per line, a blank line between sentences)")
     if tag_column is not None:
-        repaired = [(s.where(i), t) for s in sentences for i, t in to_iob2(s.tags)]
-        if repaired and scheme == "iob2":
-            log.warning("%s: %d tags I-X did not continue an entity of type X (first at %s: %s); "
-                        "read as B-X, as conlleval does (set data.scheme: iob1 if the file is IOB1)",
-                        p, len(repaired), repaired[0][0], repaired[0][1])
+        repair_iob2(sentences, p, scheme)
     return sentences
+
+
+def repair_iob2(sentences: list[Sentence], path: str | Path, scheme: str = "iob2") -> None:
+    """Read the tags of `sentences` as IOB2, in place (`to_iob2`): an IOB1 file is
+    converted silently, a stray I-X in an IOB2 file becomes B-X with a warning that counts
+    them and names the first file:line."""
+    repaired = [(s.where(i), t) for s in sentences if s.tags is not None for i, t in to_iob2(s.tags)]
+    if repaired and scheme == "iob2":
+        log.warning("%s: %d tags I-X did not continue an entity of type X (first at %s: %s); "
+                    "read as B-X, as conlleval does (set data.scheme: iob1 if the file is IOB1)",
+                    path, len(repaired), repaired[0][0], repaired[0][1])
 
 
 def is_conll(path: str | Path) -> bool:
@@ -129,7 +136,7 @@ def is_conll(path: str | Path) -> bool:
         return False
     if any("\t" in ln for ln in lines) or lines[0].split()[0] == DOCSTART:
         return True
-    return all(len(f := ln.split()) >= 2 and _TAG.fullmatch(f[-1]) for ln in lines)
+    return all(len(f := ln.split()) >= 2 and TAG_PATTERN.fullmatch(f[-1]) for ln in lines)
 
 
 def _needed(column: int | None) -> int:
@@ -173,14 +180,21 @@ class TaggingBatches(BucketedBatches):
 
     `truncated` counts sentences cut to `max_length` tokens (a warning says how many
     and how many words were lost); `unseen` counts words no token stands for.
+
+    A tag the training data does not have is an error naming the file and line, unless
+    the caller gives `tag_ids` itself: there, ids from len(label_names) up stand for tags
+    unseen in training, kept in `word_labels` for scoring (no prediction can match them)
+    and learnt as O in `labels` (they only ever occur in dev / test data).
     """
 
     def __init__(self, sentences: list[Sentence], label_names: list[str], tokenizer, *, max_length: int,
-                 batch_size: int, seed: int, micro_per_step: int = 1):
+                 batch_size: int, seed: int, micro_per_step: int = 1, tag_ids: list[list[int]] | None = None):
         index = {n: i for i, n in enumerate(label_names)}
         self.sentences = sentences
-        self.tags: list[list[int]] = []
-        for s in sentences:
+        self.n_labels = len(label_names)
+        self.outside = index.get("O", 0)
+        self.tags: list[list[int]] = [] if tag_ids is None else tag_ids
+        for s in sentences if tag_ids is None else ():
             if s.tags is None:
                 self.tags.append([IGNORE_INDEX] * len(s.words))
                 continue
@@ -224,7 +238,7 @@ class TaggingBatches(BucketedBatches):
             prev = -1
             for t, w in enumerate(wids):
                 if w >= 0 and w != prev:  # the first sub-token of word w
-                    labels[r, t] = tags[w]
+                    labels[r, t] = tags[w] if tags[w] < self.n_labels else self.outside
                 prev = w
         b.update(labels=labels, word_ids=word_ids, word_labels=word_labels,
                  n_words=torch.tensor(n_words, dtype=torch.long))

@@ -53,11 +53,17 @@ def plot_loss_curve(metrics_jsonl: str | Path, out_png: str | Path, title: str |
     return Path(out_png)
 
 
-def plot_confusion_matrix(cm, labels: list[str], out_png: str | Path, title: str = "confusion matrix") -> Path:
-    """Counts and row-normalised colours (recall per true class)."""
+def plot_confusion_matrix(cm, labels: list[str], out_png: str | Path, title: str = "confusion matrix",
+                          drop_empty: bool = False) -> Path:
+    """Counts and row-normalised colours (recall per true class). Past 12 classes the
+    zero cells stay blank, so the errors stand out; `drop_empty` leaves out the classes
+    that are neither in the data nor predicted (ATIS dev lacks several training intents)."""
     import numpy as np
 
     cm = np.asarray(cm)
+    if drop_empty:
+        keep = [i for i in range(len(labels)) if cm[i].sum() or cm[:, i].sum()]
+        cm, labels = cm[np.ix_(keep, keep)], [labels[i] for i in keep]
     norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
     plt = pyplot()
     size = max(4.0, 0.6 * len(labels) + 2)
@@ -67,10 +73,12 @@ def plot_confusion_matrix(cm, labels: list[str], out_png: str | Path, title: str
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    many = len(labels) > 12
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+            if cm[i, j] or not many:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                        color="white" if norm[i, j] > 0.5 else "black", fontsize=7 if many else 8)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
     ax.set_title(title)
     fig.tight_layout()
@@ -142,6 +150,37 @@ def plot_entity_scores(per_type: dict[str, dict], out_png: str | Path, title: st
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_oos_scores(oos: dict, out_png: str | Path, title: str = "") -> Path:
+    """How the out-of-scope score separates in-scope from out-of-scope queries: the share
+    of each group per score bin (the groups differ in size by 30x on CLINC150, so counts
+    would hide the oos one), with the threshold as a vertical line. `oos` is the "oos"
+    section of a classification report (zerolm.eval.oos)."""
+    import numpy as np
+
+    h = oos["histogram"]
+    edges = np.asarray(h["edges"])
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for key, name, color in (("in_scope", "in scope", "#4C72B0"), ("oos", "out of scope", "#DD8452")):
+        counts = np.asarray(h[key], dtype=float)
+        if counts.sum():
+            ax.stairs(counts / counts.sum(), edges, fill=True, alpha=0.45, color=color,
+                      label=f"{name} ({int(counts.sum())})")
+    if oos.get("threshold") is not None:
+        ax.axvline(oos["threshold"], color="black", ls="--", lw=1.2, label=f"threshold {oos['threshold']:.4g}")
+    kind = {"msp": "1 - max in-scope probability", "energy": "energy (-logsumexp of in-scope logits)"}
+    ax.set_xlabel(f"out-of-scope score: {kind.get(oos['score'], oos['score'])}")
+    ax.set_ylabel("share of the group")
+    auroc = oos.get("auroc")
+    ax.set_title(f"{title}: out-of-scope score" + ("" if auroc is None else f", AUROC {auroc:.4f}"))
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)

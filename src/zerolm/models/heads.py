@@ -4,10 +4,12 @@ A head takes any body (`zerolm.models.body.Body`), or a pretraining model whose 
 keeps (the MLM / LM heads are not needed for a task). It reads only the body interface:
 `forward(...).last_hidden_state` and `pool`.
 
-Shape letters: B batch, T sequence length, D d_model, C classes (or tags).
+Shape letters: B batch, T sequence length, D d_model, C classes (or tags), I intents.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +33,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, body: nn.Module, num_labels: int, dropout: float | None = None,
                  pooling: str = "first"):
         super().__init__()
-        if pooling not in ("first", "mean"):
-            raise ValueError(f"pooling must be 'first' or 'mean', got {pooling!r}")
+        check_pooling(pooling)
         self.body = body = body_of(body)
         self.config = body.config
         self.pooling = pooling
@@ -54,13 +55,22 @@ class SequenceClassifier(nn.Module):
     def head(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, C) from the body's final states (B, T, D): what forward adds to the body
         (callers that also need the body's other outputs run the body themselves)."""
-        if self.pooling == "mean":
-            m = (attention_mask if attention_mask is not None else torch.ones(h.shape[:2], device=h.device))
-            m = m[:, :, None].to(h.dtype)  # (B, T, 1)
-            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
-        else:
-            pooled = self.body.pool(h, attention_mask)  # (B, D)
-        return self.classifier(self.dropout(pooled))
+        return self.classifier(self.dropout(pool_states(self.body, h, attention_mask, self.pooling)))
+
+
+def check_pooling(pooling: str) -> None:
+    if pooling not in ("first", "mean"):
+        raise ValueError(f"pooling must be 'first' or 'mean', got {pooling!r}")
+
+
+def pool_states(body: nn.Module, h: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """The sentence vector (B, D) of final states (B, T, D): "first" the body's own
+    (`Body.pool`), "mean" the mean over real tokens."""
+    if pooling == "mean":
+        m = (attention_mask if attention_mask is not None else torch.ones(h.shape[:2], device=h.device))
+        m = m[:, :, None].to(h.dtype)  # (B, T, 1)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+    return body.pool(h, attention_mask)  # (B, D)
 
 
 class TokenClassifier(nn.Module):
@@ -109,6 +119,73 @@ class TokenClassifier(nn.Module):
     def head(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Tag scores (B, T, C) from the body's final states (B, T, D)."""
         return self.classifier(self.dropout(h))
+
+
+class JointOutput(NamedTuple):
+    intent_logits: torch.Tensor  # (B, I)
+    slot_scores: torch.Tensor  # (B, T, C): per-token tag scores (the CRF's emissions with a CRF)
+    intent_loss: torch.Tensor | None = None  # mean cross-entropy over utterances with a known intent
+    slot_loss: torch.Tensor | None = None  # mean per word (cross-entropy, or the CRF's NLL)
+
+
+class IntentSlotClassifier(nn.Module):
+    """Joint intent detection and slot filling (Chen et al., "BERT for Joint Intent
+    Classification and Slot Filling", 2019): one body, whose pooled vector gives the
+    intent logits (as SequenceClassifier, same `pooling`) and whose token states give the
+    slot-tag scores (as TokenClassifier: read at each word's first sub-token, optionally
+    scored as a sequence by a `crf`).
+
+    Both linears live under `classifier` (`classifier.intent`, `classifier.slot`) and the
+    CRF under `crf`: the names every fine-tuning strategy trains as the task head.
+    """
+
+    def __init__(self, body: nn.Module, num_intents: int, num_tags: int, dropout: float | None = None,
+                 pooling: str = "first", crf: CRF | None = None):
+        super().__init__()
+        check_pooling(pooling)
+        self.body = body = body_of(body)
+        self.config = body.config
+        self.pooling = pooling
+        self.dropout = nn.Dropout(self.config.dropout if dropout is None else dropout)
+        D = self.config.d_model
+        self.classifier = nn.ModuleDict({"intent": nn.Linear(D, num_intents), "slot": nn.Linear(D, num_tags)})
+        for lin in self.classifier.values():
+            nn.init.normal_(lin.weight, std=self.config.init_std)
+            nn.init.zeros_(lin.bias)
+        if crf is not None and crf.num_tags != num_tags:
+            raise ValueError(f"the CRF has {crf.num_tags} tags but the slot head {num_tags} labels")
+        self.crf = crf
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T)
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+        intent_labels: torch.Tensor | None = None,  # (B,) intent ids; IGNORE_INDEX: no loss
+        labels: torch.Tensor | None = None,  # (B, T) tag ids at first sub-tokens
+        word_ids: torch.Tensor | None = None,  # (B, T) word index of each token, -1 elsewhere
+    ) -> JointOutput:
+        """The intent logits and slot scores; with `intent_labels`, `labels` and `word_ids`
+        also both mean losses, computed here, inside forward, so that data parallelism sees
+        every parameter they use (the task weighs them)."""
+        h = self.body(input_ids, attention_mask=attention_mask,
+                      token_type_ids=token_type_ids).last_hidden_state  # (B, T, D)
+        intent, slots = self.head(h, attention_mask)
+        if intent_labels is None and labels is None:
+            return JointOutput(intent, slots)
+        if intent_labels is None or labels is None or word_ids is None:
+            raise ValueError("a joint loss needs intent_labels, labels and word_ids")
+        n_intents = (intent_labels != IGNORE_INDEX).sum().clamp(min=1)
+        intent_loss = F.cross_entropy(intent.float(), intent_labels, ignore_index=IGNORE_INDEX,
+                                      reduction="sum") / n_intents
+        total, n = word_loss_sum(slots.float(), labels, word_ids, self.crf)
+        return JointOutput(intent, slots, intent_loss, total / max(n, 1))
+
+    def head(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(intent logits (B, I), slot scores (B, T, C)) from the body's final states (B, T, D)."""
+        pooled = pool_states(self.body, h, attention_mask, self.pooling)  # (B, D)
+        return self.classifier["intent"](self.dropout(pooled)), self.classifier["slot"](self.dropout(h))
 
 
 def first_subtokens(word_ids: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ from zerolm.errors import ZeroLMError
 from zerolm.generate import GenerationConfig
 from zerolm.serve import schemas as S
 from zerolm.serve.batcher import BatchLimits, Item, MicroBatcher, QueueFull
+from zerolm.serve.engine import ROUTES as ENGINE_ROUTES
 from zerolm.serve.engine import Endpoint, TextStream, encode_embedding, generation_group
 from zerolm.serve.metrics import Metrics
 
@@ -46,11 +47,12 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 API_KEY_ENV = "ZEROLM_API_KEY"
+SWITCH_INTERVAL_S = float(os.environ.get("ZEROLM_SWITCH_INTERVAL", "0.0002"))  # see Server.start
 # routes anyone may read with an API key set: liveness, and the page's own static files
 # (they hold no data; the page sends the key the user types with every API call)
 PUBLIC = ("/healthz", "/", "/favicon.ico")
-ROUTES = ("/v1/classify", "/v1/tag", "/v1/generate", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
-          "/metrics", "/", "/docs", "/openapi.json")
+ROUTES = ("/v1/classify", "/v1/tag", "/v1/intent_slots", "/v1/assist", "/v1/generate", "/v1/embeddings", "/v1/models",
+          "/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json")
 
 
 @dataclass
@@ -69,6 +71,11 @@ class ServeSettings:
     api_key: str | None = None  # when set, every route but /healthz and the page needs it
     cors: tuple[str, ...] = ()  # origins allowed to call from a browser (none: CORS off)
     threads: int | None = None  # torch threads of the model worker (None: torch's default)
+    # POST /v1/assist (zerolm.assistant): the served intent_slots model's name, a served
+    # out-of-scope classifier's name (or None), a FAQ index directory (or None)
+    assistant: tuple[str, str | None] | None = None
+    faq_index: str | None = None
+    min_faq_score: float = 0.6
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_batch_tokens", "max_queue", "max_body", "max_inputs", "max_new_tokens"):
@@ -111,9 +118,38 @@ class Server:
         self.batchers: dict[str, MicroBatcher] = {}
         self.executor: ThreadPoolExecutor | None = None
         self.ready = False
+        self.index = None  # the assistant's FAQ index
+        if settings.assistant is not None:
+            self._check_assistant()
+
+    def _check_assistant(self) -> None:
+        joint, oos = self.settings.assistant
+        for role, name, kind in (("joint model", joint, "intent_slots"), ("out-of-scope model", oos, "classify")):
+            if name is None:
+                continue
+            if name not in self.endpoints:
+                raise ZeroLMError(f"--assistant: the {role} {name!r} is not among the served models "
+                                  f"({', '.join(self.endpoints)})")
+            if self.endpoints[name].kind != kind:
+                raise ZeroLMError(f"--assistant: the {role} {name!r} is a {self.endpoints[name].kind} model, "
+                                  f"not {kind}")
+        if oos is not None and getattr(self.endpoints[oos].pred.task, "oos", None) is None:
+            raise ZeroLMError(f"--assistant: {oos!r} has no out-of-scope detection (fine-tune it with "
+                              "task.oos_label)")
+        if self.settings.faq_index is not None:
+            from zerolm.index import Index
+
+            self.index = Index.load(self.settings.faq_index)
 
     # ------------------------------------------------------------ life cycle
     async def start(self) -> None:
+        import sys
+
+        # The model thread needs the GIL back after every torch op; while the event loop
+        # holds it (parsing requests, JSON), Python hands it over only every switch
+        # interval (5 ms by default), which would stall a forward pass of ~100 ops for
+        # hundreds of ms. A short interval keeps the model busy.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         init: Callable[[], None] | None = None
         if self.settings.threads:
             import torch
@@ -140,6 +176,8 @@ class Server:
     def _warm_up(self) -> None:
         """One small call of every kind of work each model accepts (the first calls of a
         model are slow); work a model turns out not to do is dropped from its routes."""
+        if self.index is not None:
+            self.index.search(["warm up the index"], k=1)  # loads the index's embedding model
         for ep in self.endpoints.values():
             for work in list(ep.works):
                 t = time.perf_counter()
@@ -228,11 +266,11 @@ class Server:
                     f.cancel()
 
 
-S_ROUTES = {"classify": "/v1/classify", "tag": "/v1/tag", "generate": "/v1/generate", "embed": "/v1/embeddings"}
+S_ROUTES = ENGINE_ROUTES
 
 
 def _warm(ep: Endpoint, work: str) -> None:
-    if work in ("classify", "tag"):
+    if work in ("classify", "tag", "intent_slots"):
         ep.pred.predict(["warm up the model"])
     elif work == "embed":
         ep.pred.embed(["warm up the model"])
@@ -322,7 +360,11 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None) ->
 
     @app.get("/v1/models", response_model=S.ModelList, response_model_exclude_none=True, tags=["models"])
     async def list_models():
-        return {"object": "list", "data": [ep.describe() for ep in srv.endpoints.values()]}
+        out = {"object": "list", "data": [ep.describe() for ep in srv.endpoints.values()]}
+        if settings.assistant is not None:
+            out["assistant"] = {"joint": settings.assistant[0], "oos": settings.assistant[1],
+                                "faq_index": settings.faq_index}
+        return out
 
     @app.post("/v1/classify", response_model=S.ClassifyResponse, response_model_exclude_none=True, tags=["models"])
     async def classify(req: S.ClassifyRequest):
@@ -330,8 +372,7 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None) ->
         ep = srv.endpoint(req.model, "classify", "/v1/classify")
         texts, counts, cut = srv.texts(ep, req.input)
         results = await srv.wait(srv.submit(ep, ("classify", ()), texts, counts))
-        data = [{"index": i, "label": r["label"], "score": r["score"], "probs": r["probs"], "truncated": c}
-                for i, (r, c) in enumerate(zip(results, cut))]
+        data = [{"index": i, **r, "truncated": c} for i, (r, c) in enumerate(zip(results, cut))]
         return {"object": "list", "model": ep.name, "data": data, "usage": _usage(sum(counts))}
 
     @app.post("/v1/tag", response_model=S.TagResponse, response_model_exclude_none=True, tags=["models"])
@@ -343,6 +384,48 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None) ->
         data = [{"index": i, "tokens": r["tokens"], "tags": r["tags"], "entities": r["entities"], "truncated": c}
                 for i, (r, c) in enumerate(zip(results, cut))]
         return {"object": "list", "model": ep.name, "data": data, "usage": _usage(sum(counts))}
+
+    @app.post("/v1/intent_slots", response_model=S.IntentSlotsResponse, response_model_exclude_none=True,
+              tags=["models"])
+    async def intent_slots(req: S.IntentSlotsRequest):
+        """The intent of each utterance (with its probability) and its slots: per-word tags and
+        typed spans with character offsets."""
+        ep = srv.endpoint(req.model, "intent_slots", "/v1/intent_slots")
+        texts, counts, cut = srv.texts(ep, req.input)
+        results = await srv.wait(srv.submit(ep, ("intent_slots", ()), texts, counts))
+        data = [{"index": i, **r, "truncated": c} for i, (r, c) in enumerate(zip(results, cut))]
+        return {"object": "list", "model": ep.name, "data": data, "usage": _usage(sum(counts))}
+
+    @app.post("/v1/assist", response_model=S.AssistResponse, tags=["assistant"])
+    async def assist(req: S.AssistRequest):
+        """The customer-service assistant (zerolm.assistant): out of scope or not, the intent
+        and slots, and the FAQ answer when one matches, with a reply to show the user."""
+        from zerolm.assistant import FAQ_CANDIDATES, AssistantSettings, compose
+
+        if settings.assistant is None:
+            raise ServeError(404, "the assistant is off: start the server with --assistant JOINT[,OOS] "
+                                  "[--faq-index DIR]", kind="not_found_error")
+        if req.model is not None:
+            raise ServeError(422, "model: /v1/assist uses the models given to --assistant; leave it out",
+                             field="model")
+        joint_name, oos_name = settings.assistant
+        joint = srv.endpoints[joint_name]
+        texts, counts, _ = srv.texts(joint, req.input)
+        waits = srv.submit(joint, ("intent_slots", ()), texts, counts)
+        if oos_name is not None:
+            oos_ep = srv.endpoints[oos_name]
+            waits += srv.submit(oos_ep, ("classify", ()), texts, [min(n, oos_ep.max_length) for n in counts])
+        if srv.index is not None:  # the FAQ search runs in the model worker too
+            waits.append(asyncio.get_running_loop().run_in_executor(srv.executor, srv.index.search, texts,
+                                                                    FAQ_CANDIDATES))
+        results = await srv.wait(waits)
+        n = len(texts)
+        parses = results[:n]
+        oos = results[n:2 * n] if oos_name is not None else [None] * n
+        hits = results[-1] if srv.index is not None else [[] for _ in texts]
+        rules = AssistantSettings(min_faq_score=settings.min_faq_score)
+        data = [{"index": i, **compose(t, p, o, h, rules)} for i, (t, p, o, h) in enumerate(zip(texts, parses, oos, hits))]
+        return {"object": "list", "model": joint_name, "data": data, "usage": _usage(sum(counts))}
 
     @app.post("/v1/embeddings", response_model=S.EmbeddingsResponse, response_model_exclude_none=True, tags=["models"])
     async def embeddings(req: S.EmbeddingsRequest):

@@ -22,7 +22,9 @@ from zerolm.models import family
 log = logging.getLogger(__name__)
 
 # the work a model does, by the route that asks for it
-ROUTES = {"classify": "/v1/classify", "tag": "/v1/tag", "generate": "/v1/generate", "embed": "/v1/embeddings"}
+ROUTES = {"classify": "/v1/classify", "tag": "/v1/tag", "intent_slots": "/v1/intent_slots", "generate": "/v1/generate",
+          "embed": "/v1/embeddings"}
+TASK_KINDS = ("classify", "tag", "intent_slots")  # fine-tuned encoders: their task, and embeddings
 
 
 class Endpoint:
@@ -34,18 +36,17 @@ class Endpoint:
         self.name, self.pred = name, pred
         task = pred.task.name if pred.task is not None else None
         self.tokenizer = pred.tokenizer
-        if task == "classify":
-            self.kind = "classify"
-        elif task == "tag":
-            self.kind = "tag"
+        if task in TASK_KINDS:
+            self.kind = task
         elif task == "clm" or family(pred.model.config).objective == "clm":
             self.kind = "generate"
         else:
             self.kind = "embed"
-        self.works = [self.kind] + (["embed"] if self.kind in ("classify", "tag") else [])
-        self.labels = list(getattr(pred.task, "label_names", []) or []) if self.kind in ("classify", "tag") else []
+        self.works = [self.kind] + (["embed"] if self.kind in TASK_KINDS else [])
+        names = getattr(pred.task, "label_names", None) or getattr(pred.task, "intent_names", None)  # intent_slots
+        self.labels = list(names or []) if self.kind in TASK_KINDS else []
         cfg = pred.model.config
-        task_limit = getattr(pred.task, "max_length", None) if self.kind in ("classify", "tag") else None
+        task_limit = getattr(pred.task, "max_length", None) if self.kind in TASK_KINDS else None
         tok_limit = self.tokenizer.model_max_length if self.tokenizer is not None else None
         self.max_length = min(x for x in (task_limit, tok_limit, cfg.max_seq_len) if x)
 
@@ -66,7 +67,7 @@ class Endpoint:
         """Results of one batch, one per item, in order; `group` is (work, options)."""
         work, options = group
         texts = [it.payload for it in items]
-        if work in ("classify", "tag"):
+        if work in TASK_KINDS:
             return self.pred.predict(texts, batch_size=len(texts))
         if work == "embed":
             return list(self.pred.embed(texts, batch_size=len(texts)))

@@ -51,6 +51,14 @@ class TagRequest(TextsRequest):
     pass
 
 
+class IntentSlotsRequest(TextsRequest):
+    pass
+
+
+class AssistRequest(TextsRequest):
+    pass
+
+
 class GenerateRequest(TextsRequest):
     max_new_tokens: int = Field(32, description="tokens to generate at most")
     temperature: float = Field(1.0, description="0: greedy; < 1 sharpens, > 1 flattens")
@@ -81,6 +89,11 @@ class ClassifyResult(BaseModel):
     score: float
     probs: dict[str, float]
     truncated: bool
+    # an intent classifier with out-of-scope detection also says:
+    in_scope: bool | None = None
+    oos_score: float | None = Field(None, description="higher: more likely out of scope")
+    top_label: str | None = Field(None, description="the best in-scope class, whatever the decision")
+    top_score: float | None = None
 
 
 class Entity(BaseModel):
@@ -97,6 +110,36 @@ class TagResult(BaseModel):
     tags: list[str]
     entities: list[Entity]
     truncated: bool
+
+
+class IntentSlotsResult(BaseModel):
+    index: int
+    intent: str
+    intent_score: float
+    intent_probs: dict[str, float] = Field(..., description="the most likely intents")
+    tokens: list[str]
+    tags: list[str]
+    slots: list[Entity]
+    truncated: bool
+
+
+class FaqAnswer(BaseModel):
+    question: str | None
+    answer: str | None
+    intent: str | None
+    score: float
+
+
+class AssistResult(BaseModel):
+    index: int
+    text: str
+    in_scope: bool
+    oos_score: float | None
+    intent: str
+    intent_score: float
+    slots: list[Entity]
+    faq: FaqAnswer | None
+    reply: str
 
 
 class GenerateResult(BaseModel):
@@ -126,6 +169,20 @@ class TagResponse(BaseModel):
     usage: Usage
 
 
+class IntentSlotsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[IntentSlotsResult]
+    usage: Usage
+
+
+class AssistResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[AssistResult]
+    usage: Usage
+
+
 class GenerateResponse(BaseModel):
     object: Literal["list"] = "list"
     model: str
@@ -144,7 +201,7 @@ class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     owned_by: str
-    kind: Literal["classify", "tag", "generate", "embed"]
+    kind: Literal["classify", "tag", "intent_slots", "generate", "embed"]
     routes: list[str]
     max_length: int
     family: str
@@ -154,6 +211,7 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    assistant: dict[str, str | None] | None = Field(None, description="what /v1/assist chains, when it is on")
 
 
 class ErrorDetail(BaseModel):

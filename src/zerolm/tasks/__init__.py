@@ -10,11 +10,12 @@ from zerolm.tasks.base import FinetuneSetup, FinetuneTask, Objective
 from zerolm.tasks.classify import ClassificationTask
 from zerolm.tasks.clm import CausalLMTask
 from zerolm.tasks.clm_finetune import CompletionTask
+from zerolm.tasks.intent_slots import IntentSlotTask
 from zerolm.tasks.mlm import MaskedLMTask
 from zerolm.tasks.tag import TaggingTask
 
 __all__ = ["FINETUNE_TASKS", "OBJECTIVES", "CausalLMTask", "ClassificationTask", "CompletionTask", "FinetuneSetup",
-           "FinetuneTask", "MaskedLMTask", "Objective", "TaggingTask", "finetune_task"]
+           "FinetuneTask", "IntentSlotTask", "MaskedLMTask", "Objective", "TaggingTask", "finetune_task"]
 
 # pretraining objectives, by the name families declare (zerolm.models.FAMILIES[...].objective)
 OBJECTIVES: dict[str, type[Objective]] = {CausalLMTask.name: CausalLMTask, MaskedLMTask.name: MaskedLMTask}
@@ -23,6 +24,7 @@ FINETUNE_TASKS: dict[str, type[FinetuneTask]] = {
     ClassificationTask.name: ClassificationTask,
     TaggingTask.name: TaggingTask,
     CompletionTask.name: CompletionTask,
+    IntentSlotTask.name: IntentSlotTask,
 }
 
 

@@ -33,10 +33,11 @@ from zerolm.eval.entities import entities, entity_report, format_entity_report
 from zerolm.models.heads import first_subtokens, pack_words, word_loss_sum  # noqa: F401  (re-exported)
 from zerolm.tasks.base import FinetuneSetup, device_of, to_device
 
-__all__ = ["TaggingTask", "first_subtokens", "pack_words", "spans"]  # the two helpers live in models.heads
+# first_subtokens and pack_words live in models.heads; the rest is shared with intent_slots
+__all__ = ["TaggingTask", "crf_of", "first_subtokens", "pack_words", "spans", "word_offsets", "word_tags"]
 
 
-def _crf(model):
+def crf_of(model):
     """The model's CRF, or None (looking through a DistributedDataParallel wrapper)."""
     return getattr(getattr(model, "module", model), "crf", None)
 
@@ -67,31 +68,14 @@ class TaggingTask:
                              token_type_ids=batch.get("token_type_ids"), labels=batch["labels"],
                              word_ids=batch["word_ids"])
         metrics = {}
-        if _crf(model) is None:  # the argmax is the prediction only without a CRF
+        if crf_of(model) is None:  # the argmax is the prediction only without a CRF
             labelled = batch["labels"] != IGNORE_INDEX
             hits = (scores.argmax(-1) == batch["labels"]) & labelled
             metrics["accuracy"] = (hits.sum() / labelled.sum().clamp(min=1)).detach()
         return loss, metrics
 
     def _word_tags(self, model, scores: torch.Tensor, batch) -> list[list[int]]:
-        """Predicted tag ids of every word of each sentence (O where no token stands for a
-        word, e.g. after truncation)."""
-        packed, mask, words, _ = pack_words(scores, batch["word_ids"])
-        crf = _crf(model)
-        lengths = mask.sum(1).tolist()
-        if crf is None:
-            decoded = packed.argmax(-1).tolist()  # (B, W)
-        else:
-            keep = mask[:, 0]
-            paths = iter(crf.decode(packed[keep], mask[keep]) if bool(keep.any()) else [])
-            decoded = [next(paths) if k else [] for k in keep.tolist()]
-        out = []
-        for row, n, tags, n_words in zip(words.tolist(), lengths, decoded, batch["n_words"].tolist()):
-            pred = [self.outside] * n_words
-            for w, t in zip(row[:n], tags[:n]):
-                pred[w] = t
-            out.append(pred)
-        return out
+        return word_tags(scores, batch["word_ids"], batch["n_words"], crf_of(model), self.outside)
 
     @torch.no_grad()
     def evaluate(self, model, batches) -> dict[str, Any]:
@@ -102,7 +86,7 @@ class TaggingTask:
         for batch in batches:
             batch = to_device(batch, device)
             scores = self._scores(model, batch)
-            s, n = word_loss_sum(scores, batch["labels"], batch["word_ids"], _crf(model))
+            s, n = word_loss_sum(scores, batch["labels"], batch["word_ids"], crf_of(model))
             loss_sum, n_loss = loss_sum + float(s), n_loss + n
             for pred, gold, n_words in zip(self._word_tags(model, scores, batch),
                                            batch["word_labels"].tolist(), batch["n_words"].tolist()):
@@ -210,16 +194,7 @@ class TaggingTask:
     def describe(self, x: Any, prediction: dict[str, Any]) -> dict[str, Any]:
         """An in-memory prediction with its words and entities (character offsets into the
         text when the input was a text, into the words joined by spaces otherwise)."""
-        if isinstance(x, str):
-            found = [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", x)]
-            text = x
-        else:
-            words = list(x.words if isinstance(x, Sentence) else x)
-            found, pos = [], 0
-            for w in words:
-                found.append((w, pos, pos + len(w)))
-                pos += len(w) + 1
-            text = " ".join(words)
+        found, text = word_offsets(x.words if isinstance(x, Sentence) else x)
         return {"tokens": [w for w, _, _ in found], "tags": prediction["tags"],
                 "entities": spans(prediction["tags"], found, text)}
 
@@ -251,6 +226,40 @@ class TaggingTask:
             out.append("".join("\t".join(x for x in (w, g, t) if x is not None) + "\n"
                                for w, g, t in zip(r["tokens"], gold, r["pred_tags"])) + "\n")
         return "".join(out)
+
+
+def word_tags(scores: torch.Tensor, word_ids: torch.Tensor, n_words: torch.Tensor, crf=None,
+              outside: int = 0) -> list[list[int]]:
+    """Predicted tag ids of every word of each sentence from token scores (B, T, C): the
+    argmax at each word's first sub-token, or with a CRF the Viterbi path over them; O
+    (`outside`) where no token stands for a word (e.g. after truncation)."""
+    packed, mask, words, _ = pack_words(scores, word_ids)
+    lengths = mask.sum(1).tolist()
+    if crf is None:
+        decoded = packed.argmax(-1).tolist()  # (B, W)
+    else:
+        keep = mask[:, 0]
+        paths = iter(crf.decode(packed[keep], mask[keep]) if bool(keep.any()) else [])
+        decoded = [next(paths) if k else [] for k in keep.tolist()]
+    out = []
+    for row, n, tags, count in zip(words.tolist(), lengths, decoded, n_words.tolist()):
+        pred = [outside] * count
+        for w, t in zip(row[:n], tags[:n]):
+            pred[w] = t
+        out.append(pred)
+    return out
+
+
+def word_offsets(x: str | list[str]) -> tuple[list[tuple[str, int, int]], str]:
+    """The words of an input with their character offsets [start, end), and the text the
+    offsets point into: a text split on whitespace, or a list of words joined by spaces."""
+    if isinstance(x, str):
+        return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", x)], x
+    found, pos = [], 0
+    for w in x:
+        found.append((w, pos, pos + len(w)))
+        pos += len(w) + 1
+    return found, " ".join(x)
 
 
 def spans(tags: list[str], words: list[tuple[str, int, int]], text: str) -> list[dict[str, Any]]:

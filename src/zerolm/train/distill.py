@@ -248,6 +248,9 @@ def _task_stage(cfg: DistillConfig, teacher, device, resume, out: Path, init: st
         raise ConfigError(f"teacher {cfg.teacher}: task distillation needs a fine-tuned model (a run's best/) or "
                           "a causal LM; this one has no task head (for general distillation alone, set "
                           "general.data.train and leave data.train empty)")
+    if kind not in ("classify", "tag", "clm"):
+        raise ConfigError(f"teacher {cfg.teacher}: task distillation covers classifiers, taggers and causal "
+                          f"LMs, not task {kind!r}")
     tr = cfg.train
     micro = tr.grad_accum * dist.world_size()
     train_data, dev_data = _task_data(cfg, teacher, micro)

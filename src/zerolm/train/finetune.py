@@ -158,6 +158,13 @@ def _finetune(cfg: FinetuneConfig, device, resume, apply_strategy) -> tuple[Trai
         else:
             with torch.no_grad():
                 report = st.task.evaluate(st.model, st.dev_data.eval_batches())
+        # what the evaluation fitted on dev for these weights (classify: a calibrated
+        # out-of-scope threshold) belongs beside them, in task.json
+        fitted = report.pop("fitted_meta", None)
+        if fitted:
+            scored = best if (best / "model.safetensors").exists() else out / "final"
+            if (scored / TASK_FILE).exists():
+                atomic_write_text(scored / TASK_FILE, json.dumps({**meta, **fitted}, indent=2))
         train_s = result.train_s or result.wall_s
         report.update(task=cfg.task.name, metric=task_cls.metric, strategy=summary,
                       truncated_train=st.truncated, steps=result.step, planned_steps=tr.max_steps,

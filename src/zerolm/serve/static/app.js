@@ -1,5 +1,7 @@
 // The page of `zerolm serve`: lists the served models (GET v1/models), sends the text
-// to the route of the chosen task and draws the answer.
+// to the route of the chosen task and draws the answer. When the server runs the
+// assistant (v1/models has an "assistant" object), "Assistant" comes first in the model
+// list and the page is a small chat with it (POST v1/assist).
 //
 // Rules kept throughout:
 // - every URL is relative to the page, so a server mounted under a prefix still works;
@@ -13,6 +15,7 @@
 const ROUTE_TASK = {
   "/v1/classify": "classify",
   "/v1/tag": "tag",
+  "/v1/intent_slots": "intent_slots",
   "/v1/generate": "generate",
   "/v1/embeddings": "embed",
 };
@@ -20,24 +23,40 @@ const ROUTE_TASK = {
 const TASK_TITLE = {
   classify: "Classify",
   tag: "Tag entities",
+  intent_slots: "Intent and slots",
   generate: "Generate",
   embed: "Embeddings: nearest sentences",
+  assist: "Assistant",
 };
 
 // What the text box is for, by task.
 const TEXT_LABEL = {
   classify: "Text",
   tag: "Text",
+  intent_slots: "Utterance",
   generate: "Prompt",
   embed: "Query",
+  assist: "Message",
 };
 
 // Filled into an empty text box (or one still holding another task's example).
 const EXAMPLES = {
   classify: "The story is simple, but the telling is wonderful.",
   tag: "The new station in Marrow Hill was opened by Orchard Lane Bakery on Monday.",
+  intent_slots: "what is the weather in ashby cross tomorrow",
   generate: "In the valley, the weather",
   embed: "It rained all morning in the hills.",
+  assist: "book a flight from boston to denver on monday",
+};
+
+// The run button's words, by task.
+const RUN_LABEL = {
+  classify: "Classify",
+  tag: "Tag",
+  intent_slots: "Parse",
+  generate: "Generate",
+  embed: "Search",
+  assist: "Send",
 };
 
 const EXAMPLE_CORPUS = [
@@ -57,6 +76,12 @@ const PALETTE_SIZE = 8;
 
 const KEY_STORAGE = "zerolm.apiKey";
 const MODEL_STORAGE = "zerolm.model";
+const CHAT_STORAGE = "zerolm.chat"; // the conversation with the assistant, for this tab
+const CHAT_KEEP = 100; // turns kept at most (the oldest go first)
+
+// The model list's value for the assistant: a route, which holds a "/" that no model
+// name may hold (`zerolm serve` refuses one), so it never shadows a model.
+const ASSISTANT = "v1/assist";
 
 // ---------------------------------------------------------------- state and elements
 
@@ -81,12 +106,18 @@ const el = {
   status: $("status"),
   error: $("error"),
   result: $("result"),
+  hint: $("hint"),
+  chat: $("chat"),
+  chatLog: $("chat-log"),
+  chatEmpty: $("chat-empty"),
+  chatClear: $("chat-clear"),
   auth: $("auth"),
   apiKey: $("api-key"),
   apiKeySave: $("api-key-save"),
 };
 
 let models = []; // the "data" list of GET v1/models
+let assistant = null; // the "assistant" object of GET v1/models: {joint, oos, faq_index}, or null
 let inFlight = null; // AbortController of the running request, or null
 
 // ---------------------------------------------------------------- small helpers
@@ -115,7 +146,11 @@ function paletteIndex(name) {
   return hash % PALETTE_SIZE;
 }
 
+/** The chosen model's card; for the assistant, a card made up from its settings. */
 function currentModel() {
+  if (assistant && el.model.value === ASSISTANT) {
+    return { id: ASSISTANT, kind: "assist", routes: ["/v1/assist"] };
+  }
   return models.find((m) => m.id === el.model.value) || null;
 }
 
@@ -203,9 +238,12 @@ async function loadModels() {
   el.run.disabled = true;
   try {
     const response = await api("v1/models");
-    models = (await response.json()).data || [];
+    const answer = await response.json();
+    models = answer.data || [];
+    assistant = answer.assistant && answer.assistant.joint ? answer.assistant : null;
   } catch (e) {
     models = [];
+    assistant = null;
     el.model.replaceChildren(h("option", {}, "no models"));
     showError(describeError(e));
     return;
@@ -215,9 +253,16 @@ async function loadModels() {
     showError("The server has no models loaded.");
     return;
   }
-  el.model.replaceChildren(
-    ...models.map((m) => h("option", { value: m.id }, `${m.id} (${m.kind})`)),
-  );
+  const options = models.map((m) => h("option", { value: m.id }, `${m.id} (${m.kind})`));
+  if (assistant) {
+    const parts = [assistant.joint, assistant.oos, assistant.faq_index ? "FAQ" : null].filter(Boolean);
+    el.model.replaceChildren(
+      h("option", { value: ASSISTANT }, `Assistant (${parts.join(" + ")})`),
+      h("optgroup", { label: "Models" }, options),
+    );
+  } else {
+    el.model.replaceChildren(...options);
+  }
   const remembered = sessionStorage.getItem(MODEL_STORAGE);
   if (models.some((m) => m.id === remembered)) el.model.value = remembered;
   el.model.disabled = false;
@@ -234,7 +279,7 @@ function onModelChange() {
   el.mode.value = tasks[0] || "";
   el.modeField.hidden = tasks.length < 2;
 
-  const facts = [`kind: ${model.kind}`];
+  const facts = model.kind === "assist" ? assistantFacts() : [`kind: ${model.kind}`];
   if (model.max_length) facts.push(`max length: ${model.max_length} tokens`);
   if (model.labels && model.labels.length) {
     const shown = model.labels.slice(0, 12).join(", ");
@@ -244,13 +289,24 @@ function onModelChange() {
   onTaskChange();
 }
 
+function assistantFacts() {
+  return [
+    `intents and slots: ${assistant.joint}`,
+    assistant.oos ? `out of scope: ${assistant.oos}` : "out of scope: by the intent's probability",
+    assistant.faq_index ? `FAQ index: ${assistant.faq_index}` : "no FAQ index",
+  ];
+}
+
 let lastExample = null; // the example text the page put in the box, if any
 
 function onTaskChange() {
   const task = currentTask();
   el.textLabel.textContent = TEXT_LABEL[task] || "Text";
+  el.text.placeholder = task === "assist" ? "Ask the assistant something" : "Type or paste text here";
   el.genOptions.hidden = task !== "generate";
   el.corpusField.hidden = task !== "embed";
+  el.chat.hidden = task !== "assist";
+  el.hint.textContent = task === "assist" ? "Enter sends · Shift+Enter: new line · " : "";
   if (task === "embed" && !el.corpus.value.trim()) el.corpus.value = EXAMPLE_CORPUS;
   // Replace the text only if it is empty or still the example of another task.
   const text = el.text.value.trim();
@@ -258,7 +314,7 @@ function onTaskChange() {
     el.text.value = EXAMPLES[task] || "";
     lastExample = el.text.value;
   }
-  el.run.textContent = { classify: "Classify", tag: "Tag", generate: "Generate", embed: "Search" }[task] || "Run";
+  el.run.textContent = RUN_LABEL[task] || "Run";
   clearResult();
 }
 
@@ -289,7 +345,10 @@ async function run() {
   const started = performance.now();
   try {
     const task = currentTask();
-    const handlers = { classify: runClassify, tag: runTag, generate: runGenerate, embed: runEmbed };
+    const handlers = {
+      classify: runClassify, tag: runTag, intent_slots: runIntentSlots, generate: runGenerate, embed: runEmbed,
+      assist: runAssist,
+    };
     await handlers[task](model.id, text, controller.signal);
     if (inFlight === controller) setStatus(`done in ${Math.round(performance.now() - started)} ms`);
   } catch (e) {
@@ -327,30 +386,44 @@ function usageNote(usage) {
     : null;
 }
 
+/** The "out of scope" badge, with the out-of-scope score when there is one. */
+function oosBadge(oosScore) {
+  const scored = typeof oosScore === "number";
+  return h("span", {
+    class: "badge oos",
+    "data-testid": "oos-badge",
+    title: scored ? `out-of-scope score ${oosScore.toFixed(3)} (higher: more likely out of scope)` : null,
+  }, "out of scope", scored ? ` · ${oosScore.toFixed(2)}` : "");
+}
+
 // ---- classify: the label, then one bar per class, most probable first
 
-async function runClassify(model, text, signal) {
-  const response = await api("v1/classify", { body: { model, input: text }, signal });
-  const answer = await response.json();
-  const record = answer.data[0];
-  const probs = Object.entries(record.probs || { [record.label]: record.score })
-    .sort((a, b) => b[1] - a[1]);
-  const bars = h("ol", { class: "bars", "data-testid": "probs" },
-    probs.map(([label, p]) =>
-      h("li", { class: label === record.label ? "bar-row top" : "bar-row", "data-testid": "prob",
-                "data-label": label },
+/** One bar per class of `probs` ({label: p}), most probable first; `top` is emphasised. */
+function probBars(probs, top) {
+  const ranked = Object.entries(probs).sort((a, b) => b[1] - a[1]);
+  return h("ol", { class: "bars", "data-testid": "probs" },
+    ranked.map(([label, p]) =>
+      h("li", { class: label === top ? "bar-row top" : "bar-row", "data-testid": "prob", "data-label": label },
         h("span", { class: "bar-label" }, label),
         // The track is decorative: the percentage beside it carries the value.
         h("span", { class: "bar-track", "aria-hidden": "true" },
           h("span", { class: "bar-fill", style: { width: percent(p) } })),
         h("span", { class: "bar-value" }, percent(p)))));
+}
+
+async function runClassify(model, text, signal) {
+  const response = await api("v1/classify", { body: { model, input: text }, signal });
+  const answer = await response.json();
+  const record = answer.data[0];
   showResult(
     h("h2", {}, "Prediction"),
     h("p", { class: "label-line" },
       h("strong", { class: "label", "data-testid": "label" }, record.label),
       " ",
-      h("span", { class: "muted", "data-testid": "score" }, percent(record.score))),
-    bars,
+      h("span", { class: "muted", "data-testid": "score" }, percent(record.score)),
+      // a classifier with out-of-scope detection says so
+      record.in_scope === false ? [" ", oosBadge(record.oos_score)] : null),
+    probBars(record.probs || { [record.label]: record.score }, record.label),
     truncationNote(record),
     usageNote(answer.usage),
   );
@@ -396,26 +469,59 @@ function markEntities(text, entities) {
   return nodes;
 }
 
+/** A table of entities (or slots): type, text, character and word offsets. */
+function entityTable(entities, rowTestId, none) {
+  if (!entities.length) return h("p", { class: "muted" }, none);
+  return h("table", { class: "entities" },
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Type"), h("th", { scope: "col" }, "Text"),
+                     h("th", { scope: "col" }, "Characters"), h("th", { scope: "col" }, "Words"))),
+    h("tbody", {}, entities.map((e) =>
+      h("tr", { "data-testid": rowTestId, "data-type": e.type },
+        h("td", {}, h("span", { class: `swatch c${paletteIndex(e.type)}` }), e.type),
+        h("td", {}, e.text),
+        h("td", { class: "num" }, `${e.start}–${e.end}`),
+        h("td", { class: "num" }, e.words ? `${e.words[0]}–${e.words[1]}` : "")))));
+}
+
 async function runTag(model, text, signal) {
   const response = await api("v1/tag", { body: { model, input: text }, signal });
   const answer = await response.json();
   const record = answer.data[0];
   const entities = record.entities || [];
-  const table = entities.length
-    ? h("table", { class: "entities", id: "entities" },
-        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Type"), h("th", { scope: "col" }, "Text"),
-                         h("th", { scope: "col" }, "Characters"), h("th", { scope: "col" }, "Words"))),
-        h("tbody", {}, entities.map((e) =>
-          h("tr", { "data-testid": "entity-row", "data-type": e.type },
-            h("td", {}, h("span", { class: `swatch c${paletteIndex(e.type)}` }), e.type),
-            h("td", {}, e.text),
-            h("td", { class: "num" }, `${e.start}–${e.end}`),
-            h("td", { class: "num" }, e.words ? `${e.words[0]}–${e.words[1]}` : "")))))
-    : h("p", { class: "muted" }, "No entities found.");
   showResult(
     h("h2", {}, "Entities"),
     h("p", { class: "tagged", "data-testid": "tagged" }, markEntities(text, entities)),
-    table,
+    entityTable(entities, "entity-row", "No entities found."),
+    truncationNote(record),
+    usageNote(answer.usage),
+  );
+}
+
+// ---- intent_slots: the intent with its probability and the runners-up as bars, then
+// the utterance with its slots marked as the tagger's entities are, and a slot table
+
+async function runIntentSlots(model, text, signal) {
+  const response = await api("v1/intent_slots", { body: { model, input: text }, signal });
+  const answer = await response.json();
+  const record = answer.data[0];
+  const slots = record.slots || [];
+  const probs = record.intent_probs || { [record.intent]: record.intent_score };
+  const card = models.find((m) => m.id === model);
+  const shown = Object.keys(probs).length;
+  const of = card && card.labels && card.labels.length > shown
+    ? h("p", { class: "muted small" }, `the ${shown} most likely of ${card.labels.length} intents`)
+    : null;
+  showResult(
+    h("h2", {}, "Intent"),
+    h("p", { class: "label-line" },
+      h("strong", { class: "label", "data-testid": "intent" }, record.intent),
+      " ",
+      h("span", { class: "muted", "data-testid": "intent-score" }, percent(record.intent_score))),
+    probBars(probs, record.intent),
+    of,
+    h("h2", { class: "section" }, "Slots"),
+    h("p", { class: "tagged", "data-testid": "tagged" }, markEntities(text, slots)),
+    entityTable(slots, "slot-row", "No slots filled."),
     truncationNote(record),
     usageNote(answer.usage),
   );
@@ -523,6 +629,99 @@ async function runEmbed(model, text, signal) {
   );
 }
 
+// ---- assist: a chat with the assistant, newest turn last, kept for this tab
+
+let chat = []; // the v1/assist records of this conversation, oldest first
+
+function loadChat() {
+  try {
+    const stored = JSON.parse(sessionStorage.getItem(CHAT_STORAGE) || "[]");
+    chat = Array.isArray(stored) ? stored.filter((r) => r && typeof r.text === "string") : [];
+  } catch {
+    chat = []; // not ours, or damaged: start afresh
+  }
+  el.chatLog.replaceChildren(...chat.map(chatTurn));
+  showChatState();
+}
+
+function saveChat() {
+  chat = chat.slice(-CHAT_KEEP);
+  try {
+    sessionStorage.setItem(CHAT_STORAGE, JSON.stringify(chat));
+  } catch {
+    // storage full or off: the conversation still lives on the page
+  }
+}
+
+function showChatState() {
+  el.chatEmpty.hidden = el.chatLog.childElementCount > 0;
+  el.chatClear.hidden = chat.length === 0;
+}
+
+function scrollChat() {
+  el.chatLog.scrollTop = el.chatLog.scrollHeight;
+}
+
+/** The user's side of a turn: the utterance, slots marked when known. */
+function userBubble(text, slots) {
+  return h("div", { class: "bubble user" },
+    h("span", { class: "who" }, "You"),
+    h("p", { class: "tagged utterance", "data-testid": "utterance" }, markEntities(text, slots || [])));
+}
+
+/** One exchange: the utterance with its slots marked, then the assistant's reply with
+ *  what it is based on (the intent, the FAQ entry it matched, or "out of scope"). */
+function chatTurn(record) {
+  const facts = [];
+  if (record.in_scope === false) facts.push(oosBadge(record.oos_score));
+  if (typeof record.intent === "string") {
+    facts.push(h("span", { class: "chip", "data-testid": "turn-intent", "data-intent": record.intent },
+      "intent ", h("strong", {}, record.intent),
+      typeof record.intent_score === "number" ? ` ${percent(record.intent_score)}` : ""));
+  }
+  if (record.faq) {
+    const score = typeof record.faq.score === "number" ? ` · score ${record.faq.score.toFixed(2)}` : "";
+    facts.push(h("span", { class: "chip faq", "data-testid": "faq" },
+      "FAQ: ", h("q", { "data-testid": "faq-question" }, record.faq.question || "(no question)"), score));
+  }
+  return h("li", { class: record.in_scope === false ? "turn oos" : "turn", "data-testid": "turn",
+                   "data-in-scope": String(record.in_scope !== false) },
+    userBubble(record.text, record.slots),
+    h("div", { class: "bubble bot" },
+      h("span", { class: "who" }, "Assistant"),
+      h("p", { class: "reply", "data-testid": "reply" }, record.reply || ""),
+      facts.length ? h("p", { class: "facts" }, facts) : null));
+}
+
+async function runAssist(_model, text, signal) {
+  // The utterance shows at once, the reply when it comes; a failed turn is taken back.
+  const pending = h("li", { class: "turn pending", "aria-busy": "true" },
+    userBubble(text, []),
+    h("div", { class: "bubble bot" }, h("span", { class: "who" }, "Assistant"),
+      h("p", { class: "reply muted" }, "…")));
+  el.chatLog.append(pending);
+  showChatState();
+  scrollChat();
+  try {
+    const response = await api("v1/assist", { body: { input: text }, signal });
+    const record = (await response.json()).data[0];
+    chat.push(record);
+    saveChat();
+    pending.replaceWith(chatTurn(record));
+    while (el.chatLog.childElementCount > CHAT_KEEP) el.chatLog.firstElementChild.remove();
+  } catch (e) {
+    pending.remove();
+    throw e;
+  } finally {
+    showChatState();
+  }
+  scrollChat();
+  if (el.text.value === text) { // ready for the next message
+    el.text.value = "";
+    el.text.focus();
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 
 el.model.addEventListener("change", onModelChange);
@@ -532,13 +731,23 @@ el.form.addEventListener("submit", (event) => {
   run();
 });
 // Ctrl+Enter (Cmd+Enter on a Mac) runs from anywhere in the form.
+// Talking to the assistant, Enter alone sends (Shift+Enter starts a new line).
 el.form.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+  if (event.key !== "Enter" || event.isComposing) return;
+  const chatting = event.target === el.text && currentTask() === "assist" && !event.shiftKey;
+  if (event.ctrlKey || event.metaKey || chatting) {
     event.preventDefault();
     if (!el.run.disabled) run();
   }
 });
 el.stop.addEventListener("click", () => inFlight && inFlight.abort());
+el.chatClear.addEventListener("click", () => {
+  chat = [];
+  saveChat();
+  el.chatLog.replaceChildren();
+  showChatState();
+  el.text.focus();
+});
 
 el.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
 function saveKey() {
@@ -555,4 +764,5 @@ el.apiKey.addEventListener("keydown", (event) => {
   }
 });
 
+loadChat();
 loadModels();
