@@ -13,6 +13,7 @@ FastAPI and uvicorn are the `serve` extra: `pip install 'zerolm[serve]'`.
 
 from __future__ import annotations
 
-from zerolm.serve.app import ServeSettings, create_app
+from zerolm.serve.app import create_app
+from zerolm.serve.server import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]

@@ -10,27 +10,27 @@ Errors are JSON `{"error": {"message", "type", "code", "field"}}`: 401 without t
 body over the limit, 422 a malformed or empty input (naming the field) or an over-long one
 with truncation off, 429 a full queue (with Retry-After), 504 a request past its timeout,
 500 a batch that failed (only that batch's requests; the server keeps serving).
+
+The parts: `server.Server` (models, batchers, the worker thread, the steps of a request),
+`gate.Gate` (API key, body limit, request metrics), `engine.Endpoint` (one model's work).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,244 +38,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from zerolm.errors import ZeroLMError
 from zerolm.generate import GenerationConfig
 from zerolm.serve import schemas as S
-from zerolm.serve.batcher import BatchLimits, Item, MicroBatcher, QueueFull
-from zerolm.serve.engine import ROUTES as ENGINE_ROUTES
 from zerolm.serve.engine import Endpoint, TextStream, encode_embedding, generation_group
-from zerolm.serve.metrics import Metrics
+from zerolm.serve.gate import Gate, error_response
+from zerolm.serve.server import ServeError, Server, ServeSettings
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 API_KEY_ENV = "ZEROLM_API_KEY"
-SWITCH_INTERVAL_S = float(os.environ.get("ZEROLM_SWITCH_INTERVAL", "0.0002"))  # see Server.start
-# routes anyone may read with an API key set: liveness, and the page's own static files
-# (they hold no data; the page sends the key the user types with every API call)
-PUBLIC = ("/healthz", "/", "/favicon.ico")
-ROUTES = ("/v1/classify", "/v1/tag", "/v1/intent_slots", "/v1/assist", "/v1/generate", "/v1/embeddings", "/v1/models",
-          "/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json")
-
-
-@dataclass
-class ServeSettings:
-    """Knobs of `zerolm serve` (each is a flag of the same name)."""
-
-    max_batch_size: int = 32  # rows per batch at most (1: no batching)
-    max_wait_ms: float = 5.0  # how long a request may wait for others to share its batch
-    max_batch_tokens: int = 16384  # rows x longest row per batch at most
-    max_queue: int = 1024  # rows waiting per model at most; beyond, 429 with Retry-After
-    timeout_s: float = 30.0  # a request not answered in this time gets 504
-    max_body: int = 1_000_000  # request body bytes at most; beyond, 413
-    max_inputs: int = 256  # texts per request at most
-    max_new_tokens: int = 512  # generation length a request may ask for at most
-    truncate: bool = True  # cut over-long inputs (and say so) instead of answering 422
-    api_key: str | None = None  # when set, every route but /healthz and the page needs it
-    cors: tuple[str, ...] = ()  # origins allowed to call from a browser (none: CORS off)
-    threads: int | None = None  # torch threads of the model worker (None: torch's default)
-    # POST /v1/assist (zerolm.assistant): the served intent_slots model's name, a served
-    # out-of-scope classifier's name (or None), a FAQ index directory (or None)
-    assistant: tuple[str, str | None] | None = None
-    faq_index: str | None = None
-    min_faq_score: float = 0.6
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_batch_tokens", "max_queue", "max_body", "max_inputs", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ZeroLMError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.timeout_s <= 0:
-            raise ZeroLMError(f"max-wait-ms must be >= 0 and timeout > 0, got {self.max_wait_ms}, {self.timeout_s}")
-        if self.threads is not None and self.threads < 1:
-            raise ZeroLMError(f"threads must be >= 1, got {self.threads}")
-
-    @property
-    def limits(self) -> BatchLimits:
-        return BatchLimits(self.max_batch_size, self.max_wait_ms, self.max_batch_tokens, self.max_queue)
-
-
-class ServeError(Exception):
-    """An answer other than 200, with the message the client sees."""
-
-    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error",
-                 field: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.field, self.headers = status, message, kind, field, headers
-
-
-def error_response(status: int, message: str, kind: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "code": status, **({"field": field} if field else {})}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-class Server:
-    """The models, their batchers and the one worker thread, shared by the routes."""
-
-    def __init__(self, models: dict[str, Any], settings: ServeSettings):
-        if not models:
-            raise ZeroLMError("serve needs at least one model")
-        self.settings = settings
-        self.metrics = Metrics()
-        self.endpoints = {name: Endpoint(name, pred) for name, pred in models.items()}
-        self.batchers: dict[str, MicroBatcher] = {}
-        self.executor: ThreadPoolExecutor | None = None
-        self.ready = False
-        self.index = None  # the assistant's FAQ index
-        if settings.assistant is not None:
-            self._check_assistant()
-
-    def _check_assistant(self) -> None:
-        joint, oos = self.settings.assistant
-        for role, name, kind in (("joint model", joint, "intent_slots"), ("out-of-scope model", oos, "classify")):
-            if name is None:
-                continue
-            if name not in self.endpoints:
-                raise ZeroLMError(f"--assistant: the {role} {name!r} is not among the served models "
-                                  f"({', '.join(self.endpoints)})")
-            if self.endpoints[name].kind != kind:
-                raise ZeroLMError(f"--assistant: the {role} {name!r} is a {self.endpoints[name].kind} model, "
-                                  f"not {kind}")
-        if oos is not None and getattr(self.endpoints[oos].pred.task, "oos", None) is None:
-            raise ZeroLMError(f"--assistant: {oos!r} has no out-of-scope detection (fine-tune it with "
-                              "task.oos_label)")
-        if self.settings.faq_index is not None:
-            from zerolm.index import Index
-
-            self.index = Index.load(self.settings.faq_index)
-
-    # ------------------------------------------------------------ life cycle
-    async def start(self) -> None:
-        import sys
-
-        # The model thread needs the GIL back after every torch op; while the event loop
-        # holds it (parsing requests, JSON), Python hands it over only every switch
-        # interval (5 ms by default), which would stall a forward pass of ~100 ops for
-        # hundreds of ms. A short interval keeps the model busy.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
-        init: Callable[[], None] | None = None
-        if self.settings.threads:
-            import torch
-
-            threads = self.settings.threads
-            torch.set_num_threads(threads)  # the setting is per process; set once more in the worker
-            init = lambda: torch.set_num_threads(threads)  # noqa: E731
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zerolm-model", initializer=init)
-        for name, ep in self.endpoints.items():
-            b = MicroBatcher(name, ep.run_batch, self.executor, self.settings.limits,
-                             on_batch=self._batch_metrics(name))
-            b.start()
-            self.batchers[name] = b
-        await asyncio.get_running_loop().run_in_executor(self.executor, self._warm_up)
-        self.ready = True
-
-    async def stop(self) -> None:
-        self.ready = False
-        for b in self.batchers.values():
-            await b.stop()
-        if self.executor is not None:
-            self.executor.shutdown(wait=True)
-
-    def _warm_up(self) -> None:
-        """One small call of every kind of work each model accepts (the first calls of a
-        model are slow); work a model turns out not to do is dropped from its routes."""
-        if self.index is not None:
-            self.index.search(["warm up the index"], k=1)  # loads the index's embedding model
-        for ep in self.endpoints.values():
-            for work in list(ep.works):
-                t = time.perf_counter()
-                try:
-                    _warm(ep, work)
-                except Exception as e:
-                    if work == ep.kind:
-                        raise ZeroLMError(f"model {ep.name}: its first {work} call failed: {e}") from e
-                    log.warning("model %s: %s is not available (%s)", ep.name, work, e)
-                    ep.works.remove(work)
-                else:
-                    log.info("model %s: %s warmed up in %.2f s", ep.name, work, time.perf_counter() - t)
-
-    def _batch_metrics(self, name: str):
-        def record(group, size: int, seconds: float) -> None:
-            self.metrics.batch_size.labels(name, group[0]).observe(size)
-            self.metrics.batch_seconds.labels(name, group[0]).observe(seconds)
-            self.metrics.queue_depth.labels(name).set(self.batchers[name].depth)
-        return record
-
-    # ------------------------------------------------------------ requests
-    def endpoint(self, name: str | None, work: str, route: str) -> Endpoint:
-        if name is None:
-            if len(self.endpoints) > 1:
-                raise ServeError(422, f"model: required when several models are served "
-                                      f"({', '.join(self.endpoints)})", field="model")
-            ep = next(iter(self.endpoints.values()))
-        elif name not in self.endpoints:
-            raise ServeError(404, f"model {name!r} is not served here; served: {', '.join(self.endpoints)}",
-                             kind="not_found_error", field="model")
-        else:
-            ep = self.endpoints[name]
-        if work not in ep.works:
-            raise ServeError(400, f"model {ep.name!r} ({ep.kind}) does not answer {route}; it answers "
-                                  f"{', '.join(S_ROUTES[w] for w in ep.works)}", field="model")
-        return ep
-
-    def texts(self, ep: Endpoint, given: str | list[str], extra_room: int = 0) -> tuple[list[str], list[int], list[bool]]:
-        """The request's texts, their token counts (cut to the model's limit) and whether
-        each was truncated; 422 for too many texts, or an over-long one without truncation."""
-        texts = [given] if isinstance(given, str) else list(given)
-        if len(texts) > self.settings.max_inputs:
-            raise ServeError(422, f"input: {len(texts)} texts, more than the {self.settings.max_inputs} a request "
-                                  "may hold; split the request", field="input")
-        limit = ep.max_length - extra_room
-        counts, cut = [], []
-        for i, t in enumerate(texts):
-            n = ep.count_tokens(t)
-            if n > limit and not self.settings.truncate:
-                where = "input" if isinstance(given, str) else f"input[{i}]"
-                raise ServeError(422, f"{where}: {n} tokens, over the model's limit of {limit}; shorten it "
-                                      "(the server runs with --no-truncate)", field=where)
-            counts.append(min(n, limit) if ep.kind != "generate" else n)
-            cut.append(n > limit and ep.kind != "generate")
-        self.metrics.prompt_tokens.labels(ep.name).inc(sum(counts))
-        return texts, counts, cut
-
-    def submit(self, ep: Endpoint, group, texts: list[str], lengths: list[int],
-               on_token: list[Callable[[int], None]] | None = None) -> list[asyncio.Future]:
-        loop = asyncio.get_running_loop()
-        items = [Item(t, n, group, loop.create_future(), on_token[i] if on_token else None)
-                 for i, (t, n) in enumerate(zip(texts, lengths))]
-        batcher = self.batchers[ep.name]
-        try:
-            batcher.submit(items)
-        except QueueFull as e:
-            raise ServeError(429, f"model {ep.name!r} is busy: its queue is full ({self.settings.max_queue} rows); "
-                                  f"retry after {e.retry_after:.0f} s", kind="rate_limit_error",
-                             headers={"Retry-After": f"{e.retry_after:.0f}"}) from None
-        self.metrics.queue_depth.labels(ep.name).set(batcher.depth)
-        return [it.future for it in items]
-
-    async def wait(self, futures: list[asyncio.Future]) -> list[Any]:
-        """The results of a request's rows, or 504 / 500 (its rows then dropped)."""
-        try:
-            return await asyncio.wait_for(asyncio.gather(*futures), self.settings.timeout_s)
-        except asyncio.TimeoutError:
-            raise ServeError(504, f"no answer within {self.settings.timeout_s:g} s; the server is busy or the "
-                                  "request too large (the timeout is --timeout)", kind="timeout_error") from None
-        except Exception as e:
-            raise ServeError(500, f"the batch this request ran in failed: {type(e).__name__}: {e}",
-                             kind="server_error") from None
-        finally:
-            for f in futures:
-                if not f.done():
-                    f.cancel()
-
-
-S_ROUTES = ENGINE_ROUTES
-
-
-def _warm(ep: Endpoint, work: str) -> None:
-    if work in ("classify", "tag", "intent_slots"):
-        ep.pred.predict(["warm up the model"])
-    elif work == "embed":
-        ep.pred.embed(["warm up the model"])
-    else:
-        ep.pred.generate(["warm up"], max_new_tokens=2, greedy=True)
 
 
 def _usage(prompt: int, completion: int | None = None) -> dict[str, int]:
@@ -533,69 +303,6 @@ def _stream(srv: Server, ep: Endpoint, cfg: GenerationConfig, group, texts: list
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-class BodyTooLarge(HTTPException):
-    """Raised while the body is read; an HTTPException so that FastAPI's body parsing passes
-    it on as it is (it turns other errors into 400)."""
-
-    def __init__(self, limit: int):
-        super().__init__(413, f"the body is over this server's limit of {limit:,} bytes (--max-body)")
-
-
-class Gate:
-    """Outer ASGI layer of every request: the API key, the body size limit, and the
-    request counters and latency of /metrics (streams are timed to their end)."""
-
-    def __init__(self, app, server: Server):
-        self.app, self.srv = app, server
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        route = path if path in ROUTES else "/static" if path.startswith("/static/") else "other"
-        status = [500]
-        started = [False]
-        t0 = time.perf_counter()
-        settings = self.srv.settings
-
-        async def send_watched(message):
-            if message["type"] == "http.response.start":
-                status[0], started[0] = message["status"], True
-            await send(message)
-
-        async def reply(response: Response) -> None:
-            await response(scope, receive, send_watched)
-
-        try:
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            if settings.api_key and not (path in PUBLIC or path.startswith("/static/")) \
-                    and scope.get("method") != "OPTIONS" and not _authorized(headers, settings.api_key):
-                return await reply(error_response(401, "missing or wrong API key: send the header "
-                                                       "'Authorization: Bearer KEY'", "authentication_error",
-                                                  headers={"WWW-Authenticate": "Bearer"}))
-            declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > settings.max_body:
-                return await reply(_too_large(int(declared), settings.max_body))
-            seen = [0]
-
-            async def receive_limited():
-                message = await receive()
-                if message["type"] == "http.request":
-                    seen[0] += len(message.get("body", b""))
-                    if seen[0] > settings.max_body:
-                        raise BodyTooLarge(settings.max_body)
-                return message
-
-            await self.app(scope, receive_limited, send_watched)
-        except BodyTooLarge:
-            if not started[0]:
-                await reply(_too_large(None, settings.max_body))
-        finally:
-            m = self.srv.metrics
-            m.requests.labels(route, str(status[0])).inc()
-            m.latency.labels(route).observe(time.perf_counter() - t0)
-
-
 def _field(loc) -> str:
     """'input[2]' of pydantic's ('body', 'input', 'list[str]', 2): the field as the client
     wrote it, without the type names of a union's members."""
@@ -606,18 +313,6 @@ def _field(loc) -> str:
         name = str(part) or '""'  # an empty key is a field too
         out += f"[{part}]" if isinstance(part, int) else (f".{name}" if out else name)
     return out or "body"
-
-
-def _too_large(size: int | None, limit: int) -> JSONResponse:
-    got = f"{size:,} bytes" if size is not None else "the body"
-    return error_response(413, f"{got} is over this server's limit of {limit:,} bytes (--max-body)",
-                          "invalid_request_error")
-
-
-def _authorized(headers: dict[str, str], key: str) -> bool:
-    given = headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 
 
 def _version() -> str:
