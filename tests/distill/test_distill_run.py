@@ -304,3 +304,38 @@ def test_teacher_pruned_init_at_full_size_is_the_teacher_and_narrower_keeps_whol
                                  "general.data.train=[pkg:quickstart/corpus.txt]", "general.train.max_steps=2",
                                  "general.train.progress=false", "general.distill.attention=0"))
     assert report["general"]["steps"] == 2 and report["student"]["accuracy"] >= 0
+
+
+def test_a_joint_intent_slot_model_distils_with_kd_baseline(tmp_path):
+    t = tmp_path / "joint"
+    finetune(load_config(TINY / "intent_slots.yaml", [f"out_dir={t}", "train.epochs=2", "task.crf=true",
+                                                      "train.progress=false", "train.threads=1"],
+                         cls=FinetuneConfig))
+    out = tmp_path / "s"
+    code = main(["distill", str(TINY / "distill_classify.yaml"), f"teacher={t / 'best'}", f"out_dir={out}",
+                 "data.train=pkg:quickstart/slu_train.txt", "data.dev=pkg:quickstart/slu_dev.txt",
+                 "train.max_steps=4", "train.epochs=0", "train.early_stopping.metric=val_frame_accuracy",
+                 "kd_baseline=true", "train.threads=1"])
+    assert code == 0
+    report = json.loads((out / "distill.json").read_text())
+    assert report["metric"] == "frame_accuracy"
+    assert {"frame_accuracy", "intent_accuracy", "slot_f1"} <= set(report["student"]) & set(report["kd_baseline"])
+    student = zerolm.load(out)
+    assert student.model.crf is not None and len(student.model.body.blocks) == 1
+    pred = student.predict(["what is the weather in ashby cross tomorrow"])[0]
+    assert pred["intent"] and len(pred["tags"]) == 8
+    # the soft targets of both heads reach the student: zero weights on the labels still train both
+    from zerolm.config import DistillLossConfig
+    from zerolm.distill.objective import Distilled, DistillObjective
+
+    teacher = zerolm.load(t / "best")
+    batch = next(iter(teacher.task.labelled_batches("pkg:quickstart/slu_dev.txt", seed=0, batch_size=4,
+                                                    max_length=32).eval_batches(1)))
+    w = DistillLossConfig(hard=0.0, soft=1.0)
+    model = Distilled(zerolm.load(out).model, "intent_slots", w, [0], teacher.model.config.d_model)
+    t_out = DistillObjective(teacher.model, teacher.task, "intent_slots", w).teacher_outputs(batch)
+    loss, parts = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                        word_ids=batch["word_ids"], intent_labels=batch["intent_labels"], teacher=t_out)
+    loss.backward()
+    head = model.student.classifier
+    assert head["intent"].weight.grad.abs().sum() > 0 and head["slot"].weight.grad.abs().sum() > 0

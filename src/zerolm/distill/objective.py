@@ -95,9 +95,11 @@ class Distilled(nn.Module):
     """The student, the projections distillation trains with it, and the student's side
     of the loss (in forward). Without `teacher`, forward is the student's own."""
 
-    def __init__(self, student: nn.Module, kind: str, weights, layer_map: list[int], teacher_width: int):
+    def __init__(self, student: nn.Module, kind: str, weights, layer_map: list[int], teacher_width: int,
+                 task_weights: tuple[float, float] = (1.0, 1.0)):
         super().__init__()
         self.student = student
+        self.task_weights = task_weights  # intent_slots: (intent, slot) weights of the task's loss
         self.config = student.config
         self.kind, self.w, self.layer_map = kind, weights, list(layer_map)
         Ds, L = student.config.d_model, student.config.n_layers
@@ -111,7 +113,7 @@ class Distilled(nn.Module):
         return getattr(self.student, "crf", None)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, labels=None, word_ids=None,
-                teacher: dict[str, Any] | None = None):
+                intent_labels=None, teacher: dict[str, Any] | None = None):
         if teacher is None:
             return self.student(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         body, w = body_of(self.student), self.w
@@ -141,6 +143,19 @@ class Distilled(nn.Module):
             if w.soft:
                 losses["soft"] = soft_target_loss(scores, teacher["logits"], temperature=T, kind=w.divergence,
                                                   mask=labels != IGNORE_INDEX)
+        elif self.kind == "intent_slots":  # both heads, each as its own task distils, weighted as the task
+            intent, slots = (x.float() for x in self.student.head(h, attention_mask))  # (B, I), (B, T, C)
+            iw, sw = self.task_weights
+            if w.hard:  # as for tagging: with soft targets a CRF learns its transitions alone
+                frozen = self.crf is not None and bool(w.soft)
+                total, n = word_loss_sum(slots.detach() if frozen else slots, labels, word_ids, self.crf)
+                losses["hard"] = (iw * F.cross_entropy(intent, intent_labels, ignore_index=IGNORE_INDEX)
+                                  + sw * total / max(n, 1))
+            if w.soft:
+                t_intent, t_slots = teacher["logits"]
+                losses["soft"] = (iw * soft_target_loss(intent, t_intent, temperature=T, kind=w.divergence)
+                                  + sw * soft_target_loss(slots, t_slots, temperature=T, kind=w.divergence,
+                                                          mask=labels != IGNORE_INDEX))
         else:  # a causal LM: next tokens, the loss computed in vocabulary chunks
             head = self.student.lm_head.weight  # (V, D)
             if w.hard:
@@ -193,7 +208,9 @@ class DistillObjective:
         if self.kind == "clm":
             t.update(hidden=out.last_hidden_state, head_weight=self.teacher.lm_head.weight)
         elif self.kind != "general" and self.w.soft:
-            t["logits"] = self.teacher.head(out.last_hidden_state, batch.get("attention_mask")).float()
+            logits = self.teacher.head(out.last_hidden_state, batch.get("attention_mask"))
+            # a joint model has two heads: (intent logits, slot scores)
+            t["logits"] = tuple(x.float() for x in logits) if isinstance(logits, tuple) else logits.float()
         if self.w.minilm and not self.w.relation_heads:
             t["values"] = split_values(proj["v_proj"], body.blocks[-1].attn.n_heads)
         return t
@@ -204,7 +221,7 @@ class DistillObjective:
         t = self.teacher_outputs(batch)
         return model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
                      token_type_ids=batch.get("token_type_ids"), labels=batch.get("labels"),
-                     word_ids=batch.get("word_ids"), teacher=t)
+                     word_ids=batch.get("word_ids"), intent_labels=batch.get("intent_labels"), teacher=t)
 
     def evaluate(self, model, batches) -> dict[str, Any]:
         """The task's report on the student alone; for general distillation (no task), the

@@ -248,16 +248,19 @@ def _task_stage(cfg: DistillConfig, teacher, device, resume, out: Path, init: st
         raise ConfigError(f"teacher {cfg.teacher}: task distillation needs a fine-tuned model (a run's best/) or "
                           "a causal LM; this one has no task head (for general distillation alone, set "
                           "general.data.train and leave data.train empty)")
-    if kind not in ("classify", "tag", "clm"):
-        raise ConfigError(f"teacher {cfg.teacher}: task distillation covers classifiers, taggers and causal "
-                          f"LMs, not task {kind!r}")
+    if kind not in ("classify", "tag", "intent_slots", "clm"):
+        raise ConfigError(f"teacher {cfg.teacher}: task distillation covers classifiers, taggers, joint intent "
+                          f"+ slot models and causal LMs, not task {kind!r}")
     tr = cfg.train
     micro = tr.grad_accum * dist.world_size()
     train_data, dev_data = _task_data(cfg, teacher, micro)
     torch.manual_seed(cfg.train.seed)  # the same initialisation for the student and kd_baseline
     try:
-        student, task, how = make_student(teacher, dataclasses.asdict(cfg.student), init, cfg.student.layers,
-                                          _sample(train_data))
+        student, _, how = make_student(teacher, dataclasses.asdict(cfg.student), init, cfg.student.layers,
+                                       _sample(train_data))
+        # the teacher's task scores the student: it made the batches, and a task may learn from
+        # them (labels of the dev file unseen in training get their ids there)
+        task = teacher.task
         t_body, s_body = body_of(teacher.model), body_of(student)
         lmap = layer_map(len(s_body.blocks), len(t_body.blocks), cfg.distill.layer_map)
     except ValueError as e:
@@ -275,7 +278,8 @@ def _task_stage(cfg: DistillConfig, teacher, device, resume, out: Path, init: st
         steps = tr.max_steps
     tr = dataclasses.replace(tr, max_steps=steps)
     cfg = dataclasses.replace(cfg, train=tr)
-    model = Distilled(student, kind, w, lmap, t_body.config.d_model)
+    model = Distilled(student, kind, w, lmap, t_body.config.d_model,
+                      (getattr(task, "intent_weight", 1.0), getattr(task, "slot_weight", 1.0)))
     objective = DistillObjective(teacher.model, task, kind, w)
     meta = {**teacher.meta, "strategy": {"name": "full"}, "distilled_from": str(cfg.teacher)} if teacher.meta else None
     trainer = Trainer(model, objective, train_data, val_data=dev_data, train=tr, optim=cfg.optim,
