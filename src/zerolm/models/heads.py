@@ -21,6 +21,14 @@ from zerolm.models.crf import CRF
 IGNORE_INDEX = -100  # label of positions without a loss (other sub-tokens, special tokens, padding)
 
 
+
+def head_linear(config, n_out: int) -> nn.Linear:
+    """A task head's linear d_model -> n_out, initialised as the body's linears are."""
+    lin = nn.Linear(config.d_model, n_out)
+    nn.init.normal_(lin.weight, std=config.init_std)
+    nn.init.zeros_(lin.bias)
+    return lin
+
 class SequenceClassifier(nn.Module):
     """Sentence (pair) classification: a pooled vector -> dropout -> linear.
 
@@ -38,9 +46,7 @@ class SequenceClassifier(nn.Module):
         self.config = body.config
         self.pooling = pooling
         self.dropout = nn.Dropout(self.config.dropout if dropout is None else dropout)
-        self.classifier = nn.Linear(self.config.d_model, num_labels)
-        nn.init.normal_(self.classifier.weight, std=self.config.init_std)
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = head_linear(self.config, num_labels)
 
     def forward(
         self,
@@ -88,9 +94,7 @@ class TokenClassifier(nn.Module):
         self.body = body = body_of(body)
         self.config = body.config
         self.dropout = nn.Dropout(self.config.dropout if dropout is None else dropout)
-        self.classifier = nn.Linear(self.config.d_model, num_labels)
-        nn.init.normal_(self.classifier.weight, std=self.config.init_std)
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = head_linear(self.config, num_labels)
         if crf is not None and crf.num_tags != num_labels:
             raise ValueError(f"the CRF has {crf.num_tags} tags but the head {num_labels} labels")
         self.crf = crf  # the strategies always train modules named `classifier` and `crf`
@@ -147,11 +151,8 @@ class IntentSlotClassifier(nn.Module):
         self.config = body.config
         self.pooling = pooling
         self.dropout = nn.Dropout(self.config.dropout if dropout is None else dropout)
-        D = self.config.d_model
-        self.classifier = nn.ModuleDict({"intent": nn.Linear(D, num_intents), "slot": nn.Linear(D, num_tags)})
-        for lin in self.classifier.values():
-            nn.init.normal_(lin.weight, std=self.config.init_std)
-            nn.init.zeros_(lin.bias)
+        self.classifier = nn.ModuleDict({"intent": head_linear(self.config, num_intents),
+                                         "slot": head_linear(self.config, num_tags)})
         if crf is not None and crf.num_tags != num_tags:
             raise ValueError(f"the CRF has {crf.num_tags} tags but the slot head {num_tags} labels")
         self.crf = crf

@@ -7,11 +7,12 @@ fields are refused (422 naming the field), so a typo never passes silently.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Texts = str | list[str]
+Item = TypeVar("Item")  # the result of one input
 
 
 class TextsRequest(BaseModel):
@@ -155,46 +156,21 @@ class Embedding(BaseModel):
     embedding: list[float] | str
 
 
-class ClassifyResponse(BaseModel):
+class ListResponse(BaseModel, Generic[Item]):
+    """Every POST answer: one result per input text, in order (OpenAI's list shape)."""
+
     object: Literal["list"] = "list"
     model: str
-    data: list[ClassifyResult]
+    data: list[Item]
     usage: Usage
 
 
-class TagResponse(BaseModel):
-    object: Literal["list"] = "list"
-    model: str
-    data: list[TagResult]
-    usage: Usage
-
-
-class IntentSlotsResponse(BaseModel):
-    object: Literal["list"] = "list"
-    model: str
-    data: list[IntentSlotsResult]
-    usage: Usage
-
-
-class AssistResponse(BaseModel):
-    object: Literal["list"] = "list"
-    model: str
-    data: list[AssistResult]
-    usage: Usage
-
-
-class GenerateResponse(BaseModel):
-    object: Literal["list"] = "list"
-    model: str
-    data: list[GenerateResult]
-    usage: Usage
-
-
-class EmbeddingsResponse(BaseModel):
-    object: Literal["list"] = "list"
-    model: str
-    data: list[Embedding]
-    usage: Usage
+ClassifyResponse = ListResponse[ClassifyResult]
+TagResponse = ListResponse[TagResult]
+IntentSlotsResponse = ListResponse[IntentSlotsResult]
+AssistResponse = ListResponse[AssistResult]
+GenerateResponse = ListResponse[GenerateResult]
+EmbeddingsResponse = ListResponse[Embedding]
 
 
 class ModelCard(BaseModel):
