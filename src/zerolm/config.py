@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class TokenizerConfig:
     path: str | None = None  # an existing tokenizer directory; if unset, one is trained first
-    kind: Literal["wordpiece", "bpe", "char"] = "bpe"  # what to train when `path` is unset
+    kind: Literal["wordpiece", "bpe", "char", "unigram"] = "bpe"  # what to train when `path` is unset (unigram: T5)
     vocab_size: int = 8192  # target vocabulary size (char: ignored, every character seen)
     min_frequency: int = 2  # a merge / word piece must occur this often to enter the vocabulary
     lowercase: bool | None = None  # None: wordpiece lower-cases, bpe and char keep case
     files: list[str] = field(default_factory=list)  # training text; defaults to data.train
+    columns: list[str] = field(default_factory=lambda: ["text"])  # tables among the files: the columns read (Multi30k: [en, de])
+    sentinels: int = 0  # unigram / bpe: <extra_id_0..N-1> at the end of the vocabulary, for span corruption (T5: 100)
 
 
 @dataclass
@@ -48,13 +50,15 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    name: Literal["clm", "mlm"] = "clm"  # clm: next-token prediction (gpt); mlm: masked LM (bert)
+    name: Literal["clm", "mlm", "span"] = "clm"  # clm: next-token prediction (gpt); mlm: masked LM (bert); span: T5 span corruption
     mlm_probability: float = 0.15  # mlm: share of tokens selected for prediction
     mask_replace: float = 0.8  # mlm: of the selected, share replaced by [MASK]
     random_replace: float = 0.1  # mlm: of the selected, share replaced by a random token (rest unchanged)
     whole_word_mask: bool = False  # mlm: mask all pieces of a word together
     sentence_objective: Literal["none", "nsp", "sop"] = "none"  # mlm: next-sentence or sentence-order
     short_seq_prob: float = 0.1  # mlm: share of examples with a shorter random target length (as BERT)
+    noise_density: float = 0.15  # span: share of tokens corrupted
+    mean_span_length: float = 3.0  # span: mean length of a corrupted span, in tokens
 
 
 @dataclass
@@ -139,6 +143,14 @@ class RunConfig:
             raise ConfigError(f"task.sentence_objective '{t.sentence_objective}' needs model.sentence_head: true")
         if not 0 < t.mlm_probability < 1 or t.mask_replace + t.random_replace > 1:
             raise ConfigError("task: need 0 < mlm_probability < 1 and mask_replace + random_replace <= 1")
+        if not 0 < t.noise_density < 1:
+            raise ConfigError(f"task.noise_density must be in (0, 1), got {t.noise_density} (T5 uses 0.15)")
+        if t.mean_span_length < 1:
+            raise ConfigError(f"task.mean_span_length must be >= 1 token, got {t.mean_span_length} (T5 uses 3)")
+        tc = self.tokenizer
+        if tc.sentinels < 0 or (tc.sentinels and tc.kind not in ("unigram", "bpe")):
+            raise ConfigError(f"tokenizer.sentinels={tc.sentinels}: sentinel tokens are added to a unigram or "
+                              f"bpe tokenizer only (kind is {tc.kind!r}), and their number must be >= 0")
         if not d.train:
             raise ConfigError("data.train: list at least one training text file")
         if not d.val and not 0 < d.val_fraction < 1:
@@ -176,6 +188,9 @@ class LabelledDataConfig:
     # clm: JSONL with one prompt / completion pair per line
     prompt_column: str = "prompt"  # clm: the conditioning text (no loss on it)
     completion_column: str = "completion"  # clm: the text the model learns to produce
+    source_column: str = "source"  # seq2seq: the text read (Multi30k en -> de: "en")
+    target_column: str = "target"  # seq2seq: the text written ("de")
+    max_target_length: int = 128  # seq2seq: longer targets are truncated (the count is reported)
     max_length: int = 128  # longer inputs are truncated (the count is reported)
 
 
@@ -257,6 +272,13 @@ class FinetuneTaskConfig:
     crf: bool = False  # tag / intent_slots: a linear-chain CRF on top (forward-algorithm loss, Viterbi decoding)
     intent_weight: float = 1.0  # intent_slots: weight of the intent cross-entropy in the joint loss
     slot_weight: float = 1.0  # intent_slots: weight of the slot loss (per word; the CRF's NLL with task.crf)
+    label_smoothing: float = 0.0  # seq2seq: share of the target probability spread over the vocabulary
+    # seq2seq: how dev targets are generated for BLEU / ROUGE (and the default of predict)
+    num_beams: int = 1  # seq2seq: beam search with this many beams (1: greedy)
+    length_penalty: float = 1.0  # seq2seq: beam scores are log p / length ** this
+    no_repeat_ngram_size: int = 0  # seq2seq: never repeat an n-gram of this size (0: off)
+    max_new_tokens: int = 0  # seq2seq: longest generated target; 0: data.max_target_length
+    eval_generate: int = -1  # seq2seq: dev examples generated at each evaluation (-1: all, 0: none: loss only)
     # classify, out-of-scope detection (zerolm.eval.oos): the label out-of-scope queries carry
     # in the data and in predictions (CLINC150: oos); in the training data it is a class
     oos_label: str | None = None
@@ -302,6 +324,9 @@ class FinetuneConfig:
         if t.class_weights and t.name != "classify":
             raise ConfigError(f"task.class_weights needs task.name 'classify', got {t.name!r}")
         _check_oos(t)
+        _check_seq2seq(t, self.data, self.train.early_stopping)
+        if self.init is None and t.name == "seq2seq" and self.model.family != "t5":
+            raise ConfigError("task.name 'seq2seq' needs an encoder-decoder (model.family: t5)")
         if self.init is None and t.name == "clm" and self.model.family != "gpt":
             raise ConfigError("task.name 'clm' needs a gpt model (model.family: gpt)")
         if not 0 <= t.head_dropout < 1:
@@ -387,6 +412,35 @@ def _check_oos(t: FinetuneTaskConfig) -> None:
                               f"task.oos_threshold=auto, got {th!r}")
         if not 0 < r <= 1:
             raise ConfigError(f"task.oos_in_scope_recall must be a share in (0, 1], e.g. 0.95, got {r:g}")
+
+
+def _check_seq2seq(t: FinetuneTaskConfig, d: LabelledDataConfig, es: EarlyStoppingConfig) -> None:
+    """The seq2seq decoding settings are in range (and set only for seq2seq), and the
+    early-stopping metric is one its report has."""
+    defaults = FinetuneTaskConfig()
+    keys = ("label_smoothing", "num_beams", "length_penalty", "no_repeat_ngram_size", "max_new_tokens",
+            "eval_generate")
+    if t.name != "seq2seq":
+        for k in keys:
+            if getattr(t, k) != getattr(defaults, k):
+                raise ConfigError(f"task.{k} needs task.name 'seq2seq', got {t.name!r}")
+        return
+    if not 0 <= t.label_smoothing < 1:
+        raise ConfigError(f"task.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    for k, low in (("num_beams", 1), ("no_repeat_ngram_size", 0), ("max_new_tokens", 0), ("eval_generate", -1)):
+        v = getattr(t, k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"task.{k} must be an integer >= {low}, got {v!r}")
+    if not math.isfinite(t.length_penalty):
+        raise ConfigError(f"task.length_penalty must be a finite number, got {t.length_penalty}")
+    if d.max_target_length < 2:
+        raise ConfigError(f"data.max_target_length must be >= 2 tokens, got {d.max_target_length}")
+    if es.metric in ("val_accuracy", "accuracy"):
+        raise ConfigError(f"train.early_stopping.metric: the seq2seq report has no {es.metric!r}; use "
+                          "val_bleu (mode: max) or val_loss (mode: min)")
+    if es.metric in ("val_bleu", "bleu") and t.eval_generate == 0:
+        raise ConfigError("train.early_stopping.metric val_bleu needs generated targets: task.eval_generate "
+                          "must not be 0")
 
 
 def _check_joint_task(t: FinetuneTaskConfig, es: EarlyStoppingConfig) -> None:

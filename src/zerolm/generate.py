@@ -12,12 +12,18 @@ token is computed from the window without a cache.
 Sampling controls follow common practice: temperature, top-k, nucleus (top-p), CTRL's
 repetition penalty, stop sequences and a seed for reproducible samples.
 
-Shape letters: B batch (active rows), T tokens, V vocabulary, N new tokens.
+An encoder-decoder (T5) writes its target from the start token with `generate_seq2seq`:
+the source is encoded once, the decoder keeps a cache of its own keys and values and of
+the source's, and decoding is greedy, sampled, or a beam search (beam size, length
+penalty, no-repeat n-grams, minimum and maximum new tokens), all batched.
+
+Shape letters: B batch (active rows), T tokens, V vocabulary, N new tokens, K beams.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +47,10 @@ class GenerationConfig:
     stop_at_eos: bool = True  # stop a row at the tokenizer's end-of-text token
     seed: int | None = None  # seed for sampling
     use_cache: bool = True  # KV cache: each new token costs one position of work
+    num_beams: int = 1  # encoder-decoder: beam search with this many beams (1: greedy or sampling)
+    length_penalty: float = 1.0  # beam search: a hypothesis scores log p / length ** this (> 0 favours longer)
+    no_repeat_ngram_size: int = 0  # encoder-decoder: never repeat an n-gram of this size (0: off)
+    min_new_tokens: int = 0  # encoder-decoder: end-of-text is not allowed before this many tokens
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> ConfigError:
@@ -60,6 +70,12 @@ class GenerationConfig:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not 0 <= self.seed < 2**63):
             raise bad("seed", "an integer in [0, 2**63)")
+        for name in ("num_beams", "no_repeat_ngram_size", "min_new_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "num_beams" else 0):
+                raise bad(name, "an integer >= 1" if name == "num_beams" else "an integer >= 0")
+        if not math.isfinite(self.length_penalty):
+            raise bad("length_penalty", "a finite number")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if any(not isinstance(s, str) or not s for s in self.stop):
@@ -232,3 +248,201 @@ def generate_texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig) 
 def generate_text(model, tokenizer, prompt: str, cfg: GenerationConfig) -> str:
     """The text generated after `prompt` (the prompt itself not repeated)."""
     return generate_texts(model, tokenizer, [prompt], cfg)[0]
+
+
+# ---------------------------------------------------------------- encoder-decoder
+def _ban_repeats(logp: torch.Tensor, seqs: torch.Tensor, n: int) -> torch.Tensor:
+    """Set to -inf each token that would complete an n-gram already in its row of `seqs`
+    (N, t) (the start token excluded): logp (N, V)."""
+    t = seqs.shape[1] - 1  # generated tokens so far
+    if n <= 0 or t + 1 < n:
+        return logp
+    rows = seqs[:, 1:].tolist()
+    for r, toks in enumerate(rows):
+        head = tuple(toks[len(toks) - n + 1:]) if n > 1 else ()
+        banned = [toks[i + n - 1] for i in range(len(toks) - n + 1) if tuple(toks[i:i + n - 1]) == head]
+        if banned:
+            logp[r, banned] = float("-inf")
+    return logp
+
+
+def _step_logits(model, cache, last: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities (N, V) of the decoder's last tokens (N, 1)."""
+    logits = model(decoder_input_ids=last, cache=cache)[:, -1].float()  # (N, V)
+    return torch.log_softmax(logits, dim=-1)
+
+
+@torch.no_grad()
+def generate_seq2seq(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
+                     attention_mask: torch.Tensor | None = None, eos_id: int | None = None,
+                     pad_id: int = 0) -> torch.Tensor:
+    """The targets (B, N) an encoder-decoder writes for the sources `input_ids` (B, S)
+    (right-padded, `attention_mask` 1 = real token), N <= max_new_tokens, padded with
+    `pad_id` after each row's end-of-text. Greedy, sampled, or a beam search when
+    `cfg.num_beams` > 1 (the best finished hypothesis of each source)."""
+    model.eval()
+    device = next(model.parameters()).device
+    src = input_ids.to(device)
+    mask = (torch.ones_like(src) if attention_mask is None else attention_mask.to(device)).long()
+    B = src.shape[0]
+    if B == 0 or cfg.max_new_tokens == 0:
+        return torch.full((B, 0), pad_id, dtype=torch.long, device=device)
+    enc = model.encode(src, mask)  # (B, S, D): once per source
+    if cfg.num_beams > 1:
+        return _beam_search(model, enc, mask, cfg, eos_id, pad_id)
+    return _sample_seq2seq(model, enc, mask, cfg, eos_id, pad_id)
+
+
+def _sample_seq2seq(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> torch.Tensor:
+    """Greedy or sampled decoding; a row that ends leaves the batch."""
+    B, device = enc.shape[0], enc.device
+    out = torch.full((B, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed) if cfg.seed is not None else gen.seed()
+    cache = model.new_cache(B, cfg.max_new_tokens + 1)
+    seqs = torch.full((B, 1), model.start_id, dtype=torch.long, device=device)  # (N, t)
+    active = torch.arange(B, device=device)
+    first = True
+    n = 0
+    for n in range(cfg.max_new_tokens):
+        if first:
+            logits = model(decoder_input_ids=seqs[:, -1:], encoder_states=enc, attention_mask=mask,
+                           cache=cache)[:, -1].float()
+            first = False
+        else:
+            logits = model(decoder_input_ids=seqs[:, -1:], cache=cache)[:, -1].float()  # (N, V)
+        if eos_id is not None and n < cfg.min_new_tokens:
+            logits[:, eos_id] = float("-inf")
+        if cfg.no_repeat_ngram_size:
+            logits = _ban_repeats(logits, seqs, cfg.no_repeat_ngram_size)
+        seen = None
+        if cfg.repetition_penalty != 1.0:
+            seen = torch.zeros_like(logits).scatter_(1, seqs, 1.0).bool()
+        logits = _filter_logits(logits, cfg, seen)
+        if cfg.is_greedy:
+            nxt = logits.argmax(dim=-1)
+        else:
+            nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen).squeeze(1)
+        out[active, n] = nxt
+        seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+        done = (nxt == eos_id) if (eos_id is not None and cfg.stop_at_eos) else torch.zeros_like(nxt, dtype=torch.bool)
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            if not len(keep):
+                break
+            active, seqs = active[keep], seqs[keep]
+            cache.reorder(keep)
+    return out[:, :n + 1]
+
+
+def _beam_search(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> torch.Tensor:
+    """Beam search over K beams per source, all sources in one batch.
+
+    Each step extends every live beam by every token, keeps the 2K best continuations of
+    each source, files those ending in end-of-text as finished hypotheses (scored
+    sum log p / length ** length_penalty, length counting the end-of-text) and goes on
+    with the K best others. A source is done once it has K finished hypotheses and no
+    live beam can still beat the worst of them (the bound is exact for length_penalty
+    >= 0, the common case: a beam's sum of log p can only fall), or at max_new_tokens,
+    where its live beams are finished as they stand. Done sources leave the batch.
+    """
+    K, B, device = cfg.num_beams, enc.shape[0], enc.device
+    V = model.config.vocab_size
+    lp = cfg.length_penalty
+    enc = enc.repeat_interleave(K, dim=0)  # (B K, S, D)
+    mask = mask.repeat_interleave(K, dim=0)
+    cache = model.new_cache(B * K, cfg.max_new_tokens + 1)
+    seqs = torch.full((B * K, 1), model.start_id, dtype=torch.long, device=device)  # (N K, t)
+    scores = torch.zeros(B, K, device=device)
+    scores[:, 1:] = float("-inf")  # every beam starts equal: keep one until they differ
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    live = torch.arange(B, device=device)  # sources still searching
+    for n in range(cfg.max_new_tokens):
+        if n == 0:
+            logp = model(decoder_input_ids=seqs[:, -1:], encoder_states=enc, attention_mask=mask,
+                         cache=cache)[:, -1].float()
+        else:
+            logp = model(decoder_input_ids=seqs[:, -1:], cache=cache)[:, -1].float()
+        logp = torch.log_softmax(logp, dim=-1)  # (N K, V)
+        if eos_id is not None and n < cfg.min_new_tokens:
+            logp[:, eos_id] = float("-inf")
+        if cfg.no_repeat_ngram_size:
+            logp = _ban_repeats(logp, seqs, cfg.no_repeat_ngram_size)
+        N = len(live)
+        cand = (scores.view(N, K, 1) + logp.view(N, K, V)).view(N, K * V)
+        top, idx = cand.topk(2 * K, dim=1)  # (N, 2K)
+        parent, token = idx // V, idx % V
+        last = n == cfg.max_new_tokens - 1
+        next_rows, next_tokens, next_scores, keep_src = [], [], [], []
+        top_l, parent_l, token_l = top.tolist(), parent.tolist(), token.tolist()
+        seq_l = seqs[:, 1:].tolist()
+        for j in range(N):
+            b = int(live[j])
+            rows, toks, scs = [], [], []
+            for r in range(2 * K):
+                s, p, t = top_l[j][r], parent_l[j][r], token_l[j][r]
+                if s == float("-inf"):
+                    break
+                if eos_id is not None and t == eos_id:
+                    if r < K:  # an end-of-text outside the K best is not a hypothesis yet
+                        _add_hyp(finished[b], K, s / ((n + 1) ** lp), seq_l[j * K + p] + [t])
+                    continue
+                rows.append(j * K + p)
+                toks.append(t)
+                scs.append(s)
+                if len(rows) == K:
+                    break
+            best_live = scs[0] / ((n + 1) ** lp) if scs else float("-inf")
+            if last:  # out of room: the live beams finish as they are
+                for row, t, s in zip(rows, toks, scs):
+                    _add_hyp(finished[b], K, s / ((n + 1) ** lp), seq_l[row] + [t])
+                continue
+            full = len(finished[b]) >= K
+            if not rows or (full and finished[b][-1][0] >= best_live and lp >= 0):
+                continue  # this source is done
+            while len(rows) < K:  # fewer than K live continuations: pad with a dead beam
+                rows.append(rows[0])
+                toks.append(toks[0])
+                scs.append(float("-inf"))
+            keep_src.append(j)
+            next_rows += rows
+            next_tokens += toks
+            next_scores.append(scs)
+        if not keep_src:
+            break
+        sel = torch.tensor(next_rows, device=device)
+        cache.reorder(sel)
+        seqs = torch.cat([seqs[sel], torch.tensor(next_tokens, device=device)[:, None]], dim=1)
+        scores = torch.tensor(next_scores, device=device)
+        live = live[torch.tensor(keep_src, device=device)]
+    best = [max(f, key=lambda h: h[0])[1] if f else [] for f in finished]
+    width = max((len(x) for x in best), default=0)
+    out = torch.full((B, width), pad_id, dtype=torch.long, device=device)
+    for b, toks in enumerate(best):
+        if toks:
+            out[b, :len(toks)] = torch.tensor(toks, device=device)
+    return out
+
+
+def _add_hyp(hyps: list[tuple[float, list[int]]], k: int, score: float, tokens: list[int]) -> None:
+    """Keep the k best finished hypotheses, sorted best first."""
+    if len(hyps) >= k and score <= hyps[-1][0]:
+        return
+    hyps.append((score, tokens))
+    hyps.sort(key=lambda h: -h[0])
+    del hyps[k:]
+
+
+def generate_seq2seq_texts(model, tokenizer, sources: list[str], cfg: GenerationConfig, *,
+                           max_source_length: int | None = None) -> list[str]:
+    """The target text an encoder-decoder writes for each source, in order."""
+    if not sources:
+        return []
+    enc = tokenizer.encode_batch(sources)["input_ids"]
+    if max_source_length:
+        enc = [x[:max_source_length] for x in enc]
+    b = tokenizer.pad(enc)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    new = generate_seq2seq(model, b["input_ids"], cfg, attention_mask=b["attention_mask"],
+                           eos_id=tokenizer.eos_id, pad_id=pad)
+    return [decode_new(tokenizer, row.tolist(), cfg) for row in new]

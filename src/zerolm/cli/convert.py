@@ -36,8 +36,9 @@ def run(args) -> int:
         src = resolve_model_path(args.src)
         if src.is_dir() and read_task_meta(Path(src)) is not None:
             raise ZeroLMError(f"{args.src} is a fine-tuned model (task.json): Hugging Face export "
-                              "covers pretraining models (BERT masked LM, GPT-2 LM), not task heads; "
-                              "use it with zerolm (predict, eval, zerolm.load)")
+                              "covers pretraining models (BERT masked LM, GPT-2 LM, T5 "
+                              "sequence-to-sequence LM), not task heads; use it with zerolm "
+                              "(predict, eval, zerolm.load)")
         model, tok = load_model(args.src)
         export_hf(model, args.dst, tokenizer=tok)
         what = "Hugging Face"

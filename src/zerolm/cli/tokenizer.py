@@ -11,29 +11,39 @@ from zerolm.cli.main import add_verb
 
 TRAIN_EXAMPLE = ("zerolm tokenizer train --kind bpe --files tinyshakespeare/input.txt "
                  "--vocab-size 2000 --out runs/bpe-tok")
+T5_EXAMPLE = ("zerolm tokenizer train --kind unigram --sentinels 100 --files multi30k/train.tsv "
+              "--columns en de --vocab-size 8000 --out runs/t5-tok")
 ENCODE_EXAMPLE = 'zerolm tokenizer encode runs/bpe-tok --text "To be, or not to be"'
 
 
 def register(sub) -> None:
     """Add `zerolm tokenizer {train,encode}` to the `zerolm` subparsers."""
-    p = add_verb(sub, "tokenizer", "train a tokenizer (WordPiece, byte-level BPE, char) or inspect one",
-                 f"{TRAIN_EXAMPLE}\n  {ENCODE_EXAMPLE}")
+    p = add_verb(sub, "tokenizer", "train a tokenizer (WordPiece, byte-level BPE, char, unigram) or "
+                 "inspect one", f"{TRAIN_EXAMPLE}\n  {ENCODE_EXAMPLE}")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
 
-    tr = add_verb(actions, "train", "train a tokenizer on text files and save it", TRAIN_EXAMPLE)
-    tr.add_argument("--kind", choices=["wordpiece", "bpe", "char"], required=True,
-                    help="wordpiece: BERT; bpe: GPT-2 byte-level BPE; char: one token per character")
+    tr = add_verb(actions, "train", "train a tokenizer on text files and save it",
+                  f"{TRAIN_EXAMPLE}\n  {T5_EXAMPLE}")
+    tr.add_argument("--kind", choices=["wordpiece", "bpe", "char", "unigram"], required=True,
+                    help="wordpiece: BERT; bpe: GPT-2 byte-level BPE; char: one token per character; "
+                         "unigram: T5's SentencePiece")
     tr.add_argument("--files", nargs="+", required=True, metavar="FILE",
-                    help="UTF-8 text files (plain or .gz; the text column of .tsv/.csv/.jsonl); "
+                    help="UTF-8 text files (plain or .gz; the --columns of .tsv/.csv/.jsonl); "
                          "relative paths also resolve against $ZEROLM_DATA")
+    tr.add_argument("--columns", nargs="+", default=["text"], metavar="NAME",
+                    help="text columns of table files (default: text; both sides of a translation "
+                         "table, e.g. --columns en de, for one shared vocabulary)")
     tr.add_argument("--vocab-size", type=int, metavar="N",
-                    help="target vocabulary size, special tokens included (needed for wordpiece "
-                         "and bpe; char takes every character seen)")
+                    help="target vocabulary size, special tokens and sentinels included (needed "
+                         "for wordpiece, bpe and unigram; char takes every character seen)")
     tr.add_argument("--min-frequency", type=int, default=2, metavar="N",
-                    help="a word piece or merge must occur this often (default: 2)")
+                    help="a word piece or merge must occur this often (wordpiece, bpe; default: 2)")
     tr.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
-                    help="lower-case text first (default: yes for wordpiece, no for bpe and char)")
+                    help="lower-case text first (default: yes for wordpiece, no for the others)")
+    tr.add_argument("--sentinels", type=int, default=0, metavar="N",
+                    help="unigram, bpe: add <extra_id_0> .. <extra_id_N-1> at the end of the "
+                         "vocabulary, for T5 span corruption (T5 uses 100; default: 0)")
     tr.add_argument("--out", required=True, metavar="DIR", help="directory to write the tokenizer to")
     tr.set_defaults(func=run_train)
 
@@ -44,7 +54,7 @@ def register(sub) -> None:
                      help="tokenizer directory (or a checkpoint directory with a tokenizer/ inside)")
     enc.add_argument("--text", required=True, help="the text to encode")
     enc.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
-                     help="do not add [CLS]/[SEP] (wordpiece)")
+                     help="do not add [CLS]/[SEP] (wordpiece) or </s> (unigram)")
     enc.set_defaults(func=run_encode)
 
 
@@ -60,12 +70,15 @@ def run_train(args: argparse.Namespace) -> int:
     files = [resolve_data_path(f) for f in args.files]
     out = check_writable_dir(args.out, key="--out")  # before training, not after
     tok = Tokenizer.train(args.kind, files, args.vocab_size or 0, min_frequency=args.min_frequency,
-                          lowercase=args.lowercase)
+                          lowercase=args.lowercase, sentinels=args.sentinels, columns=args.columns)
     tok.save(out)
-    first = next((t for _, t in iter_records(files[0]) if t.strip()), "")[:100]
+    first = next((t for _, t in iter_records(files[0], text_column=args.columns[0]) if t.strip()), "")[:100]
     ids = tok.encode(first)
     print(f"kind:       {tok.kind} (lowercase={tok.lowercase})")
     print(f"vocab size: {tok.vocab_size}")
+    if tok.sentinel_ids:
+        print(f"sentinels:  {len(tok.sentinel_ids)} (<extra_id_0> = {tok.sentinel_ids[0]} down to "
+              f"<extra_id_{len(tok.sentinel_ids) - 1}> = {tok.sentinel_ids[-1]})")
     print(f"files:      {', '.join(map(str, files))}")
     print(f"saved to:   {out}")
     print(f"sample:     {first!r}")

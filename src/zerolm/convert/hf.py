@@ -1,10 +1,11 @@
-"""Hugging Face checkpoints in and out: BERT and GPT-2 families.
+"""Hugging Face checkpoints in and out: BERT, GPT-2 and T5 families.
 
 Import reads a local HF model directory (config.json + model.safetensors, or
-pytorch_model.bin read with weights_only=True) into zerolm's BertForPreTraining / GPT;
-export writes a directory that `transformers` loads as BertModel / BertForMaskedLM /
-BertForPreTraining or GPT2LMHeadModel with identical outputs. Tokenizer files are carried
-over. Neither direction needs `transformers` installed.
+pytorch_model.bin read with weights_only=True) into zerolm's BertForPreTraining / GPT /
+Seq2SeqLM; export writes a directory that `transformers` loads as BertModel /
+BertForMaskedLM / BertForPreTraining, GPT2LMHeadModel or T5ForConditionalGeneration with
+identical outputs. Tokenizer files are carried over. Neither direction needs
+`transformers` installed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from zerolm.models import ModelConfig, build_model
 
 log = logging.getLogger(__name__)
 
-_ACT_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+_ACT_IN = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
            "gelu_fast": "gelu_tanh", "relu": "relu"}
 _ACT_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
@@ -63,11 +64,13 @@ def config_from_hf(hf: dict, source: Path) -> ModelConfig:
                 norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
                 attn_dropout=hf.get("attn_pdrop", 0.1), init_std=hf.get("initializer_range", 0.02),
                 tie_embeddings=hf.get("tie_word_embeddings", True), type_vocab_size=0, pooler=False)
+        if mt in ("t5", "mt5"):  # mT5 is T5 v1.1 with a larger vocabulary
+            return _t5_config(hf, source)
     except KeyError as e:
         raise CheckpointError(f"{source}: config.json lacks {e.args[0]!r}") from None
     archs = hf.get("architectures") or []
     raise CheckpointError(f"{source}: unsupported architecture model_type={mt!r} {archs}; zerolm "
-                          f"converts the BERT ('bert') and GPT-2 ('gpt2') families")
+                          f"converts the BERT ('bert'), GPT-2 ('gpt2') and T5 ('t5', 'mt5') families")
 
 
 def _act(name: str, source: Path) -> str:
@@ -76,7 +79,57 @@ def _act(name: str, source: Path) -> str:
     return _ACT_IN[name]
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
+def _t5_config(hf: dict, source: Path) -> ModelConfig:
+    # feed_forward_proj is "ACT" or "gated-ACT"; "gated-gelu" (T5 v1.1) means the tanh GELU
+    proj = hf.get("feed_forward_proj", "relu")
+    parts = proj.split("-")
+    gated = parts[0] == "gated"
+    if len(parts) > 2 or (len(parts) == 2 and not gated):
+        raise CheckpointError(f"{source}: feed_forward_proj {proj!r} is neither 'ACT' nor 'gated-ACT'")
+    act = "gelu_new" if proj == "gated-gelu" else parts[-1]
+    pad = hf.get("pad_token_id")
+    pad = 0 if pad is None else pad
+    start = hf.get("decoder_start_token_id")
+    if start is not None and start != pad:
+        raise CheckpointError(f"{source}: decoder_start_token_id {start} differs from pad_token_id {pad}; "
+                              "zerolm's T5 starts decoding from the pad token")
+    # `tie_word_embeddings` has always meant "scale the decoder output by d_model**-0.5"
+    # (T5 v1.0) or not (v1.1); transformers 5 keeps that meaning as `scale_decoder_outputs`
+    # and writes tie_word_embeddings true for both. Whether the head shares the embedding
+    # matrix is settled by the weights (load_hf).
+    scaled = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
+    return ModelConfig(
+        family="t5", vocab_size=hf["vocab_size"], d_model=hf["d_model"], n_layers=hf["num_layers"],
+        n_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"], n_heads=hf["num_heads"],
+        head_dim=hf["d_kv"], d_ff=hf["d_ff"], max_seq_len=hf.get("n_positions") or 512,
+        activation=_act(act, source), gated_ffn=gated,
+        rel_buckets=hf.get("relative_attention_num_buckets", 32),
+        rel_max_distance=hf.get("relative_attention_max_distance", 128),
+        norm_eps=hf.get("layer_norm_epsilon", 1e-6), bias=False, dropout=hf.get("dropout_rate", 0.1),
+        attn_dropout=hf.get("dropout_rate", 0.1), tie_embeddings=bool(scaled),
+        init_std=0.02 * hf.get("initializer_factor", 1.0), pad_id=pad)
+
+
+def _t5_ff_proj(cfg: ModelConfig) -> str:
+    """HF's feed_forward_proj of a zerolm t5 config."""
+    if not cfg.gated_ffn:
+        return _ACT_OUT[cfg.activation]
+    # "gated-gelu" is the tanh GELU in HF; the exact one is spelled by its Python name
+    return {"gelu_tanh": "gated-gelu", "gelu": "gated-gelu_python", "relu": "gated-relu"}[cfg.activation]
+
+
+def config_to_hf(cfg: ModelConfig, eos_id: int | None = None) -> dict:
+    """HF config.json of a zerolm config (`eos_id`, from the tokenizer, ends T5's generation)."""
+    if cfg.family == "t5":
+        return {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
+                "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "d_kv": cfg.default_head_dim,
+                "d_ff": cfg.d_ff, "num_layers": cfg.n_layers, "num_decoder_layers": cfg.decoder_layers,
+                "num_heads": cfg.n_heads, "relative_attention_num_buckets": cfg.rel_buckets,
+                "relative_attention_max_distance": cfg.rel_max_distance, "feed_forward_proj": _t5_ff_proj(cfg),
+                "layer_norm_epsilon": cfg.norm_eps, "dropout_rate": cfg.dropout,
+                "initializer_factor": cfg.init_std / 0.02, "tie_word_embeddings": cfg.tie_embeddings,
+                "is_encoder_decoder": True, "n_positions": cfg.max_seq_len, "pad_token_id": cfg.pad_id,
+                "decoder_start_token_id": cfg.pad_id, "eos_token_id": eos_id}
     if cfg.family == "bert":
         return {"architectures": ["BertForPreTraining" if cfg.sentence_head else "BertForMaskedLM"],
                 "model_type": "bert", "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
@@ -227,6 +280,95 @@ def _gpt_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+_T5_ATTN = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
+_T5_TOP = {
+    "shared": "body.tok_emb", "encoder.final_layer_norm": "body.final_norm",
+    "decoder.final_layer_norm": "body.decoder.final_norm", "lm_head": "lm_head",
+    # one bias table per stack, kept by its first block and shared by all
+    "encoder.block.0.layer.0.SelfAttention.relative_attention_bias": "body.rel_pos",
+    "decoder.block.0.layer.0.SelfAttention.relative_attention_bias": "body.decoder.rel_pos",
+}
+_T5_STACK = {"encoder": "body.blocks", "decoder": "body.decoder.blocks"}
+
+
+def _t5_layer(decoder: bool, gated: bool) -> dict[str, str]:
+    """HF names inside one T5 block -> zerolm names inside the block. HF numbers the
+    sublayers: self-attention 0, (decoder) cross-attention 1, feed-forward last."""
+    m = {f"layer.0.SelfAttention.{h}": f"attn.{z}" for h, z in _T5_ATTN.items()}
+    m["layer.0.layer_norm"] = "attn_norm"
+    if decoder:
+        m.update({f"layer.1.EncDecAttention.{h}": f"cross_attn.{z}" for h, z in _T5_ATTN.items()})
+        m["layer.1.layer_norm"] = "cross_norm"
+    ff = f"layer.{2 if decoder else 1}"
+    if gated:  # wi_0 is the activated branch, wi_1 the linear one it multiplies
+        m.update({f"{ff}.DenseReluDense.wi_0": "mlp.fc_gate", f"{ff}.DenseReluDense.wi_1": "mlp.fc_in"})
+    else:
+        m[f"{ff}.DenseReluDense.wi"] = "mlp.fc_in"
+    m[f"{ff}.DenseReluDense.wo"] = "mlp.fc_out"
+    m[f"{ff}.layer_norm"] = "mlp_norm"
+    return m
+
+
+def _t5_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig,
+                origin: dict[str, str]) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """zerolm weights of an HF T5 state dict, and the config with the head's tying settled."""
+    layers = {s: _t5_layer(s == "decoder", cfg.gated_ffn) for s in _T5_STACK}
+    out = _Tracked(origin)
+    for key, v in sd.items():
+        out.source = key
+        if key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+            if "shared.weight" not in sd:  # the same tensor as `shared`, saved under its alias
+                out["body.tok_emb.weight"] = v
+            continue
+        if key == "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight":
+            continue  # old checkpoints carry it; cross-attention never uses a position bias
+        m = re.match(r"(encoder|decoder)\.block\.(\d+)\.(.+)\.weight$", key)
+        if m and m.group(3) in layers[m.group(1)]:
+            out[f"{_T5_STACK[m.group(1)]}.{m.group(2)}.{layers[m.group(1)][m.group(3)]}.weight"] = v
+            continue
+        m = re.match(r"(.+)\.weight$", key)
+        if m and m.group(1) in _T5_TOP:
+            out[f"{_T5_TOP[m.group(1)]}.weight"] = v
+            continue
+        log.warning("ignoring unknown weight %s", key)
+    emb, head = out.get("body.tok_emb.weight"), out.pop("lm_head.weight", None)
+    encoder_only = not any(k.startswith("body.decoder.") for k in out)
+    if emb is None or encoder_only:
+        return dict(out), cfg  # load_hf names what is missing / leaves the decoder fresh
+    if not cfg.tie_embeddings:
+        # no head of its own: transformers ties it to the embeddings (without the scale)
+        out["lm_head.weight"] = head if head is not None else emb.clone()
+    elif head is not None and not torch.equal(head, emb):
+        # a scaled output through a head of its own (transformers 5 loads that): fold the
+        # scale into an untied head, which zerolm can express
+        cfg = dataclasses.replace(cfg, tie_embeddings=False)
+        out["lm_head.weight"] = head * cfg.d_model ** -0.5
+    return dict(out), cfg
+
+
+def _t5_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    inv_stack = {v: k for k, v in _T5_STACK.items()}
+    inv_layer = {s: {v: k for k, v in _t5_layer(s == "decoder", cfg.gated_ffn).items()} for s in _T5_STACK}
+    inv_top = {v: k for k, v in _T5_TOP.items()}
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"(body\.blocks|body\.decoder\.blocks)\.(\d+)\.(.+)\.weight$", k)
+        if m:
+            stack = inv_stack[m.group(1)]
+            out[f"{stack}.block.{m.group(2)}.{inv_layer[stack][m.group(3)]}.weight"] = v
+            continue
+        out[f"{inv_top[k.removesuffix('.weight')]}.weight"] = v
+    return out
+
+
+def _check_t5_export(cfg: ModelConfig) -> None:
+    if cfg.bias:
+        raise CheckpointError(
+            "this t5 model has biases in its linears (model.bias: true), which Hugging Face's T5 has "
+            "no place for; train T5 models with model.bias=false, or keep this one as a zerolm model "
+            "directory")
+
+
 # ---------------------------------------------------------------- load / export
 
 
@@ -264,10 +406,15 @@ def load_hf(directory: str | os.PathLike, device: str | torch.device = "cpu"):
     raw, weights_file = read_hf_state_dict(directory)
     cfg = config_from_hf(hf_cfg, cfg_path)
     origin: dict[str, str] = {}
+    optional = ("mlm_head.", "lm_head.", "sentence_head.")  # heads a checkpoint may lack
     if cfg.family == "bert":
         sd = dict(_bert_from_hf(raw, origin))
         cfg = ModelConfig(**{**cfg.to_dict(), "sentence_head": "sentence_head.weight" in sd,
                              "pooler": "body.pooler.weight" in sd})
+    elif cfg.family == "t5":
+        sd, cfg = _t5_from_hf(raw, cfg, origin)
+        if not any(k.startswith("body.decoder.") for k in sd):
+            optional += ("body.decoder.",)  # an encoder-only checkpoint (T5EncoderModel)
     else:
         sd = dict(_gpt_from_hf(raw, cfg.d_model, origin))
     model = build_model(cfg)
@@ -283,7 +430,7 @@ def load_hf(directory: str | os.PathLike, device: str | torch.device = "cpu"):
     if cfg.tie_embeddings:
         loaded.add("lm_head.weight")
     fresh = sorted(k for k in own if k not in loaded)
-    core = [k for k in fresh if not k.startswith(("mlm_head.", "lm_head.", "sentence_head."))]
+    core = [k for k in fresh if not k.startswith(optional)]
     if core:
         raise CheckpointError(f"{weights_file}: missing weights {core[:6]}{'...' if len(core) > 6 else ''}")
     if fresh:  # the LM heads: fine-tuning drops them, pretraining from here trains them
@@ -303,7 +450,8 @@ def untrained_heads(directory: str | os.PathLike) -> list[str]:
         cfg = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return []
-    if cfg.get("model_type") != "bert":
+    mt = cfg.get("model_type")
+    if mt not in ("bert", "t5", "mt5"):
         return []  # GPT-2's LM head is the (always present) token embedding
     names: set[str] = set()
     for f in sorted(directory.glob("*.safetensors")):
@@ -313,6 +461,8 @@ def untrained_heads(directory: str | os.PathLike) -> list[str]:
             names |= set(fh.keys())
     if not names:
         return []
+    if mt != "bert":
+        return [] if any(n.startswith("decoder.") for n in names) else ["decoder (and LM head)"]
     return [] if any(n.startswith("cls.predictions.") for n in names) else ["masked-LM head"]
 
 
@@ -321,13 +471,15 @@ def export_hf(model, directory: str | os.PathLike, tokenizer=None) -> Path:
     from zerolm.atomic import AtomicDir
 
     cfg: ModelConfig = model.config
-    if not cfg.uniform:
+    if cfg.family == "t5":
+        _check_t5_export(cfg)
+    elif not cfg.uniform:
         raise CheckpointError(
             "this model has per-layer shapes (pruned heads or feed-forward neurons, a head size "
             "other than d_model / n_heads, or factorised linears), which Hugging Face's BERT and "
             "GPT-2 configs cannot express; keep it as a zerolm model directory (or export to ONNX)")
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if not cfg.bias:
+    if not cfg.bias and cfg.family != "t5":
         # HF's BERT / GPT-2 always have biases: write zeros (the same function) so the export
         # loads without a table of "newly initialised" weights
         full = type(model)(dataclasses.replace(cfg, bias=True)).state_dict()
@@ -336,11 +488,15 @@ def export_hf(model, directory: str | os.PathLike, tokenizer=None) -> Path:
                 sd[k] = torch.zeros_like(v)
     if cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)  # HF re-ties it from the word embeddings
-    hf_sd = _bert_to_hf(sd) if cfg.family == "bert" else _gpt_to_hf(sd)
+    if cfg.family == "t5":
+        hf_sd = _t5_to_hf(sd, cfg)
+    else:
+        hf_sd = _bert_to_hf(sd) if cfg.family == "bert" else _gpt_to_hf(sd)
     directory = Path(directory)
     with AtomicDir(directory) as tmp:
         save_file(hf_sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
+        eos = tokenizer.eos_id if tokenizer is not None else None
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, eos), indent=2))
         if tokenizer is not None:
             tokenizer.save(tmp)
     return directory

@@ -17,9 +17,10 @@ from zerolm.models.config import FAMILIES as _FAMILY_NAMES
 from zerolm.models.config import LayerShape, ModelConfig
 from zerolm.models.gpt import GPT, CausalLM
 from zerolm.models.layers import KVCache
+from zerolm.models.t5 import T5, Seq2SeqLM
 
 __all__ = ["Bert", "BertForPreTraining", "Body", "BodyOutput", "CausalLM", "FAMILIES", "GPT", "KVCache",
-           "LayerShape", "ModelConfig", "body_of", "build_body", "build_model"]
+           "LayerShape", "ModelConfig", "Seq2SeqLM", "T5", "body_of", "build_body", "build_model"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class FamilySpec:
 FAMILIES: dict[str, FamilySpec] = {
     "bert": FamilySpec(Bert, BertForPreTraining, "mlm"),
     "gpt": FamilySpec(GPT, CausalLM, "clm"),
+    "t5": FamilySpec(T5, Seq2SeqLM, "span"),
 }
 assert set(FAMILIES) == set(_FAMILY_NAMES), "models/config.py FAMILIES must list the registry's families"
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-Family = Literal["bert", "gpt"]
-FAMILIES = ("bert", "gpt")  # the registry in zerolm.models maps each to its classes
+Family = Literal["bert", "gpt", "t5"]
+FAMILIES = ("bert", "gpt", "t5")  # the registry in zerolm.models maps each to its classes
 
 # the linears of a block that a low-rank factorisation may replace (keys of LayerShape.ranks)
-FACTORISABLE = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc_in", "mlp.fc_out")
+FACTORISABLE = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc_in", "mlp.fc_gate",
+                "mlp.fc_out")
 
 
 @dataclass
@@ -44,10 +45,11 @@ class LayerShape:
 
 @dataclass
 class ModelConfig:
-    family: Family = "gpt"  # "bert": post-LN bidirectional encoder; "gpt": pre-LN causal decoder
+    family: Family = "gpt"  # "bert": post-LN encoder; "gpt": pre-LN causal decoder; "t5": encoder-decoder
     vocab_size: int = 8192  # rows of the token embedding (and of the tied LM head)
     d_model: int = 256  # hidden size: width of every residual stream vector
-    n_layers: int = 4  # number of Transformer blocks
+    n_layers: int = 4  # number of Transformer blocks (t5: of the encoder)
+    n_decoder_layers: int = 0  # t5: decoder blocks; 0: as many as the encoder
     n_heads: int = 4  # attention heads per block (default of every block)
     head_dim: int = 0  # size of each head; 0: d_model // n_heads (d_model must divide evenly)
     d_ff: int = 1024  # inner width of the feed-forward network (4 * d_model in BERT/GPT-2)
@@ -56,6 +58,9 @@ class ModelConfig:
     position: Literal["learned", "sinusoidal"] = "learned"  # sinusoidal: fixed, no parameters
     type_vocab_size: int = 2  # bert: segment (token-type) embeddings; 0 disables them
     activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"  # gelu_tanh is GPT-2's "gelu_new"
+    gated_ffn: bool = False  # feed-forward fc_out(act(fc_gate x) * fc_in x), as T5 v1.1's gated-GELU
+    rel_buckets: int = 32  # t5: relative-position buckets of the attention bias (half per direction in the encoder)
+    rel_max_distance: int = 128  # t5: distances from here on share the last bucket
     norm_eps: float = 1e-12  # LayerNorm epsilon (BERT 1e-12, GPT-2 1e-5)
     bias: bool = True  # biases in linear layers and LayerNorms (nanoGPT trains without)
     dropout: float = 0.1  # dropout on embeddings, residual branches and feed-forward
@@ -86,8 +91,18 @@ class ModelConfig:
                              f"{self.n_layers}: give one per layer (or none)")
         if self.position not in ("learned", "sinusoidal"):
             raise ValueError(f"model.position must be 'learned' or 'sinusoidal', got {self.position!r}")
+        if self.rel_buckets < 2 or self.rel_max_distance < 2:
+            raise ValueError(f"model.rel_buckets and model.rel_max_distance must be >= 2, got "
+                             f"{self.rel_buckets} and {self.rel_max_distance}")
+        if self.n_decoder_layers < 0:
+            raise ValueError(f"model.n_decoder_layers must be >= 0 (0: n_layers), got {self.n_decoder_layers}")
         if self.activation not in ("gelu", "gelu_tanh", "relu"):
             raise ValueError(f"model.activation must be gelu, gelu_tanh or relu, got {self.activation!r}")
+
+    @property
+    def decoder_layers(self) -> int:
+        """t5: blocks of the decoder."""
+        return self.n_decoder_layers or self.n_layers
 
     @property
     def default_head_dim(self) -> int:

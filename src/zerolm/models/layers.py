@@ -117,10 +117,11 @@ class MultiHeadAttention(nn.Module):
     model whose heads were pruned keeps D and loses heads).
     """
 
-    def __init__(self, cfg: ModelConfig, shape: LayerShape):
+    def __init__(self, cfg: ModelConfig, shape: LayerShape, scale: float | None = None):
         super().__init__()
         self.n_heads = shape.n_heads
         self.head_dim = shape.head_dim
+        self.scale = scale  # of q k^T; None: 1 / sqrt(Dh) (T5 folds it into the init: 1.0)
         inner, r = shape.n_heads * shape.head_dim, shape.ranks
         self.q_proj = linear(cfg.d_model, inner, cfg.bias, r.get("attn.q_proj"))
         self.k_proj = linear(cfg.d_model, inner, cfg.bias, r.get("attn.k_proj"))
@@ -137,6 +138,7 @@ class MultiHeadAttention(nn.Module):
         layer: int = 0,
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # keys, values (B or 1, H, P, Dh)
         need_probs: bool = False,
+        bias: torch.Tensor | None = None,  # (B or 1, H, T, S) added to the scores (relative positions)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(output (B, T, D), attention probabilities (B, H, T, S) when `need_probs`)."""
         if self.n_heads == 0:  # every head pruned: the block adds only o_proj's bias
@@ -158,11 +160,14 @@ class MultiHeadAttention(nn.Module):
             B = x.shape[0]
             k = torch.cat([pk.expand(B, -1, -1, -1).to(k.dtype), k], dim=2)  # (B, H, P + S, Dh)
             v = torch.cat([pv.expand(B, -1, -1, -1).to(v.dtype), v], dim=2)
+            P = pk.shape[2]
             if mask is not None:
-                P = pk.shape[2]
                 mask = F.pad(mask, (P, 0), value=True)
+            if bias is not None:  # prefix positions carry no relative-position bias
+                bias = F.pad(bias, (P, 0))
         dropout = self.attn_dropout if self.training else 0.0
-        y, probs = attend(q, k, v, mask, causal, dropout, need_probs)  # (B, H, T, Dh)
+        y, probs = attend(q, k, v, mask, causal, dropout, need_probs, bias=bias,
+                          scale=self.scale)  # (B, H, T, Dh)
         return self.o_proj(merge_heads(y)), probs  # (B, T, D)
 
 
@@ -186,6 +191,9 @@ def attend(
     causal: bool = False,
     dropout_p: float = 0.0,
     need_probs: bool = False,
+    *,
+    bias: torch.Tensor | None = None,  # float (B or 1, H, T, S) added to the scores
+    scale: float | None = None,  # of q k^T; None: 1 / sqrt(Dh)
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention (B, H, T, Dh) of T queries over S keys.
 
@@ -193,15 +201,24 @@ def attend(
     KV cache or a prefix); `causal` lets query i see keys 0..S - T + i. A given `mask`
     must already hold causality: it replaces the causal rule. With `need_probs` the
     probabilities softmax(q k^T / sqrt(Dh) + mask) (B, H, T, S) are formed explicitly and
-    returned; otherwise SDPA's fused kernel runs and never forms them.
+    returned; otherwise SDPA's fused kernel runs and never forms them. A `bias` (T5's
+    relative positions) joins the mask as one float mask: -inf where the bool mask hides.
     """
     T, S = q.shape[2], k.shape[2]
+    if bias is not None:
+        if causal and mask is None:
+            mask = causal_mask(T, S, q.device)
+        bias = bias.to(q.dtype)
+        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))  # (B or 1, H, T, S)
+        causal = False
     if need_probs:
         if causal and mask is None:
             mask = causal_mask(T, S, q.device)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
-        if mask is not None:
+        scores = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+        if mask is not None and mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
+        elif mask is not None:
+            scores = scores + mask  # (B, H, T, S)
         probs = scores.softmax(dim=-1)
         dropped = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
         return dropped @ v, probs
@@ -211,7 +228,8 @@ def attend(
             is_causal = T > 1  # SDPA's causal mask is aligned top-left: right only when S == T
         elif T > 1:
             mask = causal_mask(T, S, q.device)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                                       scale=scale)
     return y, None
 
 
@@ -223,17 +241,22 @@ def causal_mask(t: int, s: int, device=None) -> torch.Tensor:
 
 
 class FeedForward(nn.Module):
-    """Position-wise feed-forward: D -> F -> D with a GELU in between."""
+    """Position-wise feed-forward: D -> F -> D, fc_out(act(fc_in x)); with
+    `cfg.gated_ffn` a gated unit fc_out(act(fc_gate x) * fc_in x) (Shazeer, "GLU Variants
+    Improve Transformer", 2020; T5 v1.1's gated-GELU)."""
 
     def __init__(self, cfg: ModelConfig, shape: LayerShape):
         super().__init__()
         r = shape.ranks
         self.fc_in = linear(cfg.d_model, shape.d_ff, cfg.bias, r.get("mlp.fc_in"))
+        self.fc_gate = linear(cfg.d_model, shape.d_ff, cfg.bias, r.get("mlp.fc_gate")) if cfg.gated_ffn else None
         self.act = activation_fn(cfg.activation)
         self.fc_out = linear(shape.d_ff, cfg.d_model, cfg.bias, r.get("mlp.fc_out"))
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc_gate is not None:
+            return self.dropout(self.fc_out(self.act(self.fc_gate(x)) * self.fc_in(x)))
         return self.dropout(self.fc_out(self.act(self.fc_in(x))))
 
 
@@ -248,8 +271,8 @@ def init_weights(module: nn.Module, std: float) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=std)
     elif isinstance(module, PositionEmbedding) and module.learned:
         nn.init.normal_(module.weight, mean=0.0, std=std)
-    elif isinstance(module, nn.LayerNorm):
+    elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         if module.weight is not None:
             nn.init.ones_(module.weight)
-        if module.bias is not None:
+        if getattr(module, "bias", None) is not None:  # RMSNorm has none
             nn.init.zeros_(module.bias)

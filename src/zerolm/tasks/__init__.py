@@ -12,19 +12,24 @@ from zerolm.tasks.clm import CausalLMTask
 from zerolm.tasks.clm_finetune import CompletionTask
 from zerolm.tasks.intent_slots import IntentSlotTask
 from zerolm.tasks.mlm import MaskedLMTask
+from zerolm.tasks.seq2seq import Seq2SeqTask
+from zerolm.tasks.span import SpanCorruptionTask
 from zerolm.tasks.tag import TaggingTask
 
 __all__ = ["FINETUNE_TASKS", "OBJECTIVES", "CausalLMTask", "ClassificationTask", "CompletionTask", "FinetuneSetup",
-           "FinetuneTask", "IntentSlotTask", "MaskedLMTask", "Objective", "TaggingTask", "finetune_task"]
+           "FinetuneTask", "IntentSlotTask", "MaskedLMTask", "Objective", "Seq2SeqTask",
+           "SpanCorruptionTask", "TaggingTask", "finetune_task"]
 
 # pretraining objectives, by the name families declare (zerolm.models.FAMILIES[...].objective)
-OBJECTIVES: dict[str, type[Objective]] = {CausalLMTask.name: CausalLMTask, MaskedLMTask.name: MaskedLMTask}
+OBJECTIVES: dict[str, type[Objective]] = {CausalLMTask.name: CausalLMTask, MaskedLMTask.name: MaskedLMTask,
+                                          SpanCorruptionTask.name: SpanCorruptionTask}
 
 FINETUNE_TASKS: dict[str, type[FinetuneTask]] = {
     ClassificationTask.name: ClassificationTask,
     TaggingTask.name: TaggingTask,
     CompletionTask.name: CompletionTask,
     IntentSlotTask.name: IntentSlotTask,
+    Seq2SeqTask.name: Seq2SeqTask,
 }
 
 

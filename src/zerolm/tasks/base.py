@@ -129,8 +129,10 @@ class FinetuneTask(Objective, Protocol):
         ...
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on `device` (other entries, such as the reference texts a
+    sequence-to-sequence evaluation batch carries, as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -1,4 +1,5 @@
-"""Train, load and save tokenizers (WordPiece, byte-level BPE, char) under one interface."""
+"""Train, load and save tokenizers (WordPiece, byte-level BPE, char, T5-style unigram) under one
+interface."""
 
 from zerolm.tokenizers.tokenizer import Tokenizer
 

@@ -1,11 +1,12 @@
-"""Tokenizers: train WordPiece, byte-level BPE or character vocabularies, load existing
-ones (zerolm or Hugging Face files), encode with truncation and dynamic padding, decode.
+"""Tokenizers: train WordPiece, byte-level BPE, SentencePiece-style unigram or character
+vocabularies, load existing ones (zerolm or Hugging Face files), encode with truncation and
+dynamic padding, decode.
 
 A thin layer over Hugging Face `tokenizers` (Rust, fast), called the *backend* here.
 zerolm adds the special-token bookkeeping, padding into tensors, and files on disk that
 Hugging Face `transformers` can load too.
 
-The three kinds zerolm trains:
+The four kinds zerolm trains:
 
 - ``wordpiece``: BERT (lower-cased by default, accents stripped with lower-casing,
   ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4``, ``[CLS] A [SEP] B [SEP]`` on encode).
@@ -13,6 +14,16 @@ The three kinds zerolm trains:
   and pad; nothing is added on encode).
 - ``char``: one token per character, ids in sorted character order as in nanoGPT, then
   ``<unk>`` and ``<|endoftext|>``; decoding reproduces the text exactly.
+- ``unigram``: T5's SentencePiece unigram model (NFKC as a SentencePiece character map;
+  leading, trailing and repeated whitespace and line ends dropped, as SentencePiece does;
+  ``▁`` marks a word start; ``<pad>=0 </s>=1 <unk>=2``; ``A </s>`` and ``A </s> B </s>``
+  on encode; a character never seen in training is ``<unk>``); the files load as Hugging
+  Face's T5TokenizerFast.
+
+Sentinels: ``unigram`` and ``bpe`` take ``sentinels=N``, the tokens ``<extra_id_0>`` ..
+``<extra_id_{N-1}>`` of T5's span corruption, appended to the vocabulary in descending
+order as in T5 (``<extra_id_0>`` is the last id). `Tokenizer.sentinel_ids` finds them in
+any tokenizer, Hugging Face T5 files included.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import functools
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -31,15 +43,20 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, pro
 from tokenizers import Tokenizer as Backend
 
 from zerolm.atomic import atomic_write_text
-from zerolm.data.text import iter_records
+from zerolm.data.text import is_table, iter_records
 from zerolm.errors import ConfigError, DataError
+from zerolm.tokenizers.charsmap import precompiled_charsmap
 
 log = logging.getLogger(__name__)
 
-KINDS = ("wordpiece", "bpe", "char")
+KINDS = ("wordpiece", "bpe", "char", "unigram")
+SENTINEL_KINDS = ("unigram", "bpe")  # kinds that `train(..., sentinels=N)` accepts
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, as in BERT
 EOT = "<|endoftext|>"
 CHAR_SPECIALS = ["<unk>", EOT]  # appended after the characters
+T5_SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0..2, as in T5 (pad is also the decoder's start)
+META = "\u2581"  # "▁": SentencePiece's word-start marker, standing for a space
+_SENTINEL = re.compile(r"<extra_id_(\d+)>")
 
 ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 # token names tried, in order, for each role when the files do not name one
@@ -52,7 +69,8 @@ _FALLBACKS: dict[str, list[str]] = {
     "bos": [EOT, "<s>"],
     "eos": [EOT, "</s>"],
 }
-_TOKENIZER_CLASS = {"wordpiece": "BertTokenizerFast", "bpe": "GPT2TokenizerFast"}
+_TOKENIZER_CLASS = {"wordpiece": "BertTokenizerFast", "bpe": "GPT2TokenizerFast",
+                    "unigram": "T5TokenizerFast"}
 # what transformers writes for "no limit" (int(1e30)); read back as None
 _NO_MAX_LENGTH = 1_000_000_000_000_000_019_884_624_838_656
 
@@ -63,8 +81,8 @@ class Tokenizer:
     Attributes:
         backend: the wrapped `tokenizers.Tokenizer`; padding and truncation are always
             off on it (zerolm pads into tensors itself and truncates per call).
-        kind: "wordpiece", "bpe" (byte-level), "char", or "other" for a loaded
-            tokenizer of another type.
+        kind: "wordpiece", "bpe" (byte-level), "char", "unigram" (T5's layout), or
+            "other" for a loaded tokenizer of another type.
         lowercase: whether text is lower-cased before tokenization.
         model_max_length: the longest input the matching model accepts, when known.
     """
@@ -87,7 +105,10 @@ class Tokenizer:
         self._special_names: dict[str, str] = {}
         for role in ROLES:
             wanted = [names[role]] if names.get(role) else []
-            for tok in wanted + _FALLBACKS[role]:
+            # T5's </s> ends every text (and so also separates a pair), but it is eos, not a
+            # separator: Hugging Face's T5 tokenizer has no sep token, nor does zerolm's
+            fallback = [] if kind == "unigram" and role == "sep" else _FALLBACKS[role]
+            for tok in wanted + fallback:
                 if tok in vocab:
                     self._special_names[role] = tok
                     break
@@ -97,37 +118,59 @@ class Tokenizer:
         added = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
         self.special_ids: frozenset[int] = frozenset(
             vocab[t] for t in added | set(self._special_names.values()) if t in vocab)
+        self._sentinel_ids = _find_sentinels(vocab)
 
     # ---------------------------------------------------------------- training
     @classmethod
     def train(cls, kind: str, files: Iterable[str | os.PathLike], vocab_size: int, *,
-              min_frequency: int = 2, lowercase: bool | None = None,
-              show_progress: bool = False) -> Tokenizer:
-        """Train a tokenizer of `kind` ("wordpiece", "bpe" or "char") on text files.
+              min_frequency: int = 2, lowercase: bool | None = None, sentinels: int = 0,
+              columns: Sequence[str] = ("text",), show_progress: bool = False) -> Tokenizer:
+        """Train a tokenizer of `kind` ("wordpiece", "bpe", "char" or "unigram") on text files.
 
         Args:
             kind: which tokenizer (see the module docstring).
             files: UTF-8 text files, plain or `.gz`; of a table (.tsv, .csv, .jsonl) the
-                "text" column is read. An empty or non-UTF-8 file raises DataError
-                naming it.
-            vocab_size: target vocabulary size, special tokens included (ignored by
-                "char", whose vocabulary is every character seen).
-            min_frequency: a word piece or merge must occur this often to be learnt.
+                `columns` are read. An empty or non-UTF-8 file, or a table without one
+                of the columns, raises DataError naming it.
+            vocab_size: target vocabulary size, special tokens and sentinels included
+                (ignored by "char", whose vocabulary is every character seen). Unigram
+                training may stop short of it on a small corpus.
+            min_frequency: a word piece or merge must occur this often to be learnt
+                (wordpiece and bpe; the unigram trainer has no such threshold).
             lowercase: lower-case text first; None means True for wordpiece (as in
-                uncased BERT) and False for bpe and char.
+                uncased BERT) and False for the others.
+            sentinels: unigram and bpe: add `<extra_id_0>` .. `<extra_id_{sentinels-1}>`
+                after the learnt vocabulary, in descending order as T5 (`<extra_id_0>`
+                gets the last id), for span corruption. T5 uses 100.
+            columns: the text columns of tables: "text" by default; both sides of a
+                translation table (Multi30k's "en" and "de") for a shared vocabulary.
             show_progress: show the backend's progress bar.
 
-        BPE and char training are deterministic. WordPiece training in `tokenizers` is
-        not (ties between equally frequent pieces are broken in hash-map order,
-        huggingface/tokenizers#1794): train once and keep the saved files.
+        BPE and char training are deterministic. WordPiece and unigram training in
+        `tokenizers` are not (WordPiece breaks ties between equally frequent pieces in
+        hash-map order, huggingface/tokenizers#1794; unigram sums its piece scores in
+        hash-map order, so they differ in the last digits and a near tie can go either
+        way): train once and keep the saved files.
         """
         paths = [Path(f) for f in files]
+        columns = (columns,) if isinstance(columns, str) else tuple(columns)
+        if not columns:
+            raise ValueError("columns: name at least one text column of the tables")
+        read = functools.partial(_texts, paths, columns=columns)
         if not paths:
             raise DataError(f"no training files given for the {kind} tokenizer")
         if kind not in KINDS:
             raise ValueError(f"unknown tokenizer kind {kind!r}: use one of {', '.join(KINDS)}")
         if kind != "char" and vocab_size < 1:
             raise ValueError(f"vocab_size must be positive for a {kind} tokenizer, got {vocab_size}")
+        if sentinels < 0 or (sentinels and kind not in SENTINEL_KINDS):
+            raise ConfigError(f"sentinels={sentinels}: sentinel tokens (span corruption) are added to "
+                              f"{' and '.join(SENTINEL_KINDS)} tokenizers only, and their number must be "
+                              f">= 0; got kind {kind!r}")
+        learnt = vocab_size - sentinels  # the trainer's share; the sentinels come after
+        if sentinels and learnt <= len(T5_SPECIALS):
+            raise ConfigError(f"vocab_size={vocab_size} leaves no room for learnt tokens beside "
+                              f"{sentinels} sentinels; raise vocab_size (T5: 32100 with 100 sentinels)")
         if kind == "wordpiece":
             lower = True if lowercase is None else lowercase
             backend = _bert_backend(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##",
@@ -135,7 +178,7 @@ class Tokenizer:
             trainer = trainers.WordPieceTrainer(
                 vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=BERT_SPECIALS,
                 continuing_subword_prefix="##", show_progress=show_progress)
-            backend.train_from_iterator(_texts(paths, keep_ends=False), trainer=trainer)
+            backend.train_from_iterator(read(keep_ends=False), trainer=trainer)
             _add_bert_template(backend)
         elif kind == "bpe":
             lower = bool(lowercase)
@@ -146,14 +189,26 @@ class Tokenizer:
             backend.decoder = decoders.ByteLevel()
             backend.post_processor = processors.ByteLevel(trim_offsets=False)  # as GPT-2's file
             trainer = trainers.BpeTrainer(
-                vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOT],
+                vocab_size=learnt, min_frequency=min_frequency, special_tokens=[EOT],
                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
             # A causal LM reads line ends (its corpus keeps "\n"), so BPE learns from
             # lines with their ends: merges such as ".\n" then exist.
-            backend.train_from_iterator(_texts(paths, keep_ends=True), trainer=trainer)
+            backend.train_from_iterator(read(keep_ends=True), trainer=trainer)
+        elif kind == "unigram":
+            lower = bool(lowercase)
+            backend = _unigram_backend(models.Unigram(), lower)
+            trainer = trainers.UnigramTrainer(
+                vocab_size=learnt, special_tokens=T5_SPECIALS, unk_token="<unk>",
+                show_progress=show_progress)
+            # whitespace, line ends included, only separates words here (as in SentencePiece)
+            backend.train_from_iterator(read(keep_ends=False), trainer=trainer)
+            _add_t5_template(backend)
         else:
             lower = bool(lowercase)
-            backend = _char_backend(paths, lower)
+            backend = _char_backend(read(keep_ends=True, skip_blank=False), lower)
+        if sentinels:
+            # added after training, so they take the last ids; descending as in T5
+            backend.add_special_tokens([sentinel_token(i) for i in reversed(range(sentinels))])
         tok = cls(backend, kind, lowercase=lower)
         log.info("trained a %s tokenizer: %d tokens from %s", kind, tok.vocab_size,
                  ", ".join(map(str, paths)))
@@ -232,7 +287,7 @@ class Tokenizer:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(d / "tokenizer.json", self.backend.to_str(pretty=True))
-        specials = {f"{role}_token": tok for role, tok in self._special_names.items()}
+        specials: dict[str, Any] = {f"{role}_token": tok for role, tok in self._special_names.items()}
         conf: dict[str, Any] = {
             "tokenizer_class": _TOKENIZER_CLASS.get(self.kind, "PreTrainedTokenizerFast"),
             "do_lower_case": self.lowercase,
@@ -243,6 +298,11 @@ class Tokenizer:
         }
         if self.kind == "bpe":
             conf["add_prefix_space"] = False
+        sentinels = [sentinel_token(i) for i in range(len(self._sentinel_ids))]
+        if self.kind == "unigram":
+            conf["extra_ids"] = len(sentinels)  # T5TokenizerFast checks it against the list below
+        if sentinels:
+            conf["additional_special_tokens"] = specials["additional_special_tokens"] = sentinels
         atomic_write_text(d / "tokenizer_config.json", json.dumps(conf, indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(d / "special_tokens_map.json",
                       json.dumps(specials, indent=2, ensure_ascii=False) + "\n")
@@ -353,6 +413,13 @@ class Tokenizer:
         return self._ids.get("eos")
 
     @property
+    def sentinel_ids(self) -> list[int]:
+        """Ids of T5's sentinels: item i is the id of `<extra_id_i>` (descending ids in T5
+        and in tokenizers zerolm trains); empty when there are none. Only an unbroken run
+        from `<extra_id_0>` counts."""
+        return list(self._sentinel_ids)
+
+    @property
     def special_tokens(self) -> dict[str, str]:
         """Role -> token name, for the roles this tokenizer has."""
         return dict(self._special_names)
@@ -367,8 +434,9 @@ class Tokenizer:
     def piece_text(self, i: int) -> str:
         """What id `i` stands for, readable: byte-level BPE pieces decoded from their byte
         symbols ("Ġgripping" -> " gripping", "Ã©" -> "é"), with bytes that are not a whole
-        UTF-8 character written `<0xE4 0xB8>`; WordPiece without its "##"; a special
-        token as its name."""
+        UTF-8 character written `<0xE4 0xB8>`; WordPiece without its "##"; unigram with a
+        space for its word-start "▁" ("▁gripping" -> " gripping"); a special token as its
+        name."""
         tok = self.backend.id_to_token(i)
         if tok is None:
             return f"<id {i}: not in the vocabulary>"
@@ -383,6 +451,8 @@ class Tokenizer:
             return tok[2:] if tok.startswith("##") else tok
         if self.kind == "char":
             return tok
+        if self.kind == "unigram":
+            return tok.replace(META, " ")
         return self.backend.decode([i], skip_special_tokens=False)
 
     def __repr__(self) -> str:
@@ -396,7 +466,8 @@ class Tokenizer:
                max_length: int | None = None) -> list[int]:
         """Token ids of `text` (and `pair`, for sentence-pair tasks).
 
-        `add_special_tokens` adds [CLS]/[SEP] for wordpiece (bpe and char add nothing).
+        `add_special_tokens` adds [CLS]/[SEP] for wordpiece and </s> for unigram (bpe and
+        char add nothing).
         `max_length` truncates (the longer of a pair first) keeping the special tokens;
         None does not truncate, whatever `model_max_length` is.
         """
@@ -420,7 +491,8 @@ class Tokenizer:
         file: the tokenizer never splits across them, and word ids index that list. A
         word that normalizes to nothing (a zero-width space) has no token. Byte-level
         BPE sees every word after the first with a leading space, so the pieces are
-        those of the running text ("Ġworld"), as GPT-2's tokenizer with add_prefix_space.
+        those of the running text ("Ġworld"), as GPT-2's tokenizer with add_prefix_space;
+        unigram marks every word's start with "▁", as in running text.
         """
         if isinstance(texts, str):
             raise TypeError("encode_batch takes a list of strings, got one string; use encode")
@@ -561,6 +633,50 @@ def _bert_backend(model: models.Model, lowercase: bool) -> Backend:
     return backend
 
 
+def _unigram_backend(model: models.Model, lowercase: bool) -> Backend:
+    """A unigram backend that splits text as T5's SentencePiece model does."""
+    backend = Backend(model)
+    # NFKC as T5's SentencePiece applies it: a precompiled character map, the one normalizer
+    # Hugging Face's T5 tokenizer keeps from a tokenizer.json (it drops a plain NFKC). The
+    # map lower-cases too when asked; the Lowercase after it changes nothing then, and says
+    # to readers of the file (`_lowercases`) that this tokenizer lower-cases.
+    nfkc = normalizers.Precompiled(precompiled_charsmap(lowercase))
+    backend.normalizer = normalizers.Sequence([nfkc, normalizers.Lowercase()]) if lowercase else nfkc
+    # as Hugging Face's T5 file: splitting on whitespace first drops leading, trailing and
+    # repeated whitespace and line ends, as SentencePiece's remove_extra_whitespaces does;
+    # "always" then marks the start of every word, the first too, with "▁"
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement=META, prepend_scheme="always", split=True)])
+    backend.decoder = decoders.Metaspace(replacement=META, prepend_scheme="always", split=True)
+    return backend
+
+
+def _add_t5_template(backend: Backend) -> None:
+    # T5 ends every input and target with </s>; a pair is A </s> B </s>, all of type 0
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>",
+        special_tokens=[("</s>", backend.token_to_id("</s>"))])
+
+
+def sentinel_token(i: int) -> str:
+    """The name of sentinel `i` (T5's span corruption): `<extra_id_i>`."""
+    return f"<extra_id_{i}>"
+
+
+def _find_sentinels(vocab: dict[str, int]) -> list[int]:
+    """Ids of `<extra_id_0>`, `<extra_id_1>`, ... for as long as the run is unbroken."""
+    found = {int(m.group(1)): i for t, i in vocab.items()
+             if t.startswith("<extra_id_") and (m := _SENTINEL.fullmatch(t))}
+    ids: list[int] = []
+    while len(ids) in found:
+        ids.append(found[len(ids)])
+    if len(ids) < len(found):
+        log.warning("sentinel tokens <extra_id_N> are not numbered 0..%d without gaps; using the "
+                    "first %d", len(found) - 1, len(ids))
+    return ids
+
+
 def _add_bert_template(backend: Backend) -> None:
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(
@@ -601,11 +717,11 @@ def _renumber_processor(p: dict | None, new: dict[int, int]) -> None:
             _renumber_processor(q, new)
 
 
-def _char_backend(paths: list[Path], lowercase: bool) -> Backend:
+def _char_backend(texts: Iterable[str], lowercase: bool) -> Backend:
     """A character vocabulary built in Python: ids follow sorted character order (as
     nanoGPT's), newlines and spaces included, then the special tokens."""
     chars: set[str] = set()
-    for text in _texts(paths, keep_ends=True, skip_blank=False):
+    for text in texts:
         chars.update(text.lower() if lowercase else text)
     vocab = {c: i for i, c in enumerate(sorted(chars))}
     for s in CHAR_SPECIALS:
@@ -620,14 +736,16 @@ def _char_backend(paths: list[Path], lowercase: bool) -> Backend:
     return backend
 
 
-def _texts(paths: list[Path], *, keep_ends: bool, skip_blank: bool = True) -> Iterator[str]:
-    """Texts of the files: lines of plain text, or the "text" column of a table
+def _texts(paths: list[Path], *, keep_ends: bool, skip_blank: bool = True,
+           columns: Sequence[str] = ("text",)) -> Iterator[str]:
+    """Texts of the files: lines of plain text, or the `columns` of a table
     (.tsv/.csv/.jsonl), as `zerolm.data.corpus` reads them for the model, so the
     tokenizer learns from the same text. Empty or non-UTF-8 files raise DataError."""
     for path in paths:
-        for _, text in iter_records(path, keep_ends=keep_ends):
-            if text.strip() or not skip_blank:
-                yield text
+        for column in columns if is_table(path) else columns[:1]:  # plain text has no columns
+            for _, text in iter_records(path, text_column=column, keep_ends=keep_ends):
+                if text.strip() or not skip_blank:
+                    yield text
 
 
 def _read_configs(directory: Path) -> dict[str, Any]:
@@ -664,6 +782,11 @@ def _guess_kind(raw: dict) -> str:
         return "bpe"
     if model == "WordLevel" and (raw.get("decoder") or {}).get("type") == "Fuse":
         return "char"
+    if model == "Unigram" and '"Metaspace"' in json.dumps(raw.get("pre_tokenizer") or {}):
+        # T5's layout (mT5's and Flan-T5's too); other unigram models (ALBERT, XLNet) stay "other"
+        vocab = (raw.get("model") or {}).get("vocab") or []
+        if [v[0] for v in vocab[:len(T5_SPECIALS)]] == T5_SPECIALS:
+            return "unigram"
     return "other"
 
 

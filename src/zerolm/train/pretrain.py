@@ -11,6 +11,7 @@ import torch
 from zerolm.config import RunConfig, check_writable_dir, dump_config
 from zerolm.data.corpus import load_corpus
 from zerolm.data.lm import CausalLMBatches, MaskedLMBatches
+from zerolm.data.spans import SpanCorruptionBatches
 from zerolm.data.text import resolve_data_path
 from zerolm.errors import ConfigError
 from zerolm.models import build_model
@@ -35,7 +36,7 @@ def prepare_tokenizer(cfg: RunConfig) -> Tokenizer:
         size = "" if tc.kind == "char" else f" (vocab {tc.vocab_size})"
         log.info("training a %s tokenizer%s on %s", tc.kind, size, ", ".join(files))
         tok = Tokenizer.train(tc.kind, text_files, tc.vocab_size, min_frequency=tc.min_frequency,
-                              lowercase=tc.lowercase)
+                              lowercase=tc.lowercase, sentinels=tc.sentinels, columns=tuple(tc.columns))
         tok.save(own)
     dist.barrier()
     return Tokenizer.load(own)
@@ -65,6 +66,12 @@ def build_batches(cfg: RunConfig, tok: Tokenizer):
     if t.name == "clm":
         return (CausalLMBatches(train.flat(), d.block_size, tr.batch_size, tr.seed),
                 CausalLMBatches(val.flat(), d.block_size, tr.batch_size, tr.seed))
+    if t.name == "span":  # block_size: encoder tokens per example, after corruption
+        micro = tr.grad_accum * dist.world_size()
+        mk = lambda c, m: SpanCorruptionBatches(  # noqa: E731
+            c.flat(), tok, input_length=d.block_size, batch_size=tr.batch_size, seed=tr.seed,
+            noise_density=t.noise_density, mean_span_length=t.mean_span_length, micro_per_step=m)
+        return mk(train, micro), mk(val, 1)
     mk = lambda c: MaskedLMBatches(c, tok, t, d.block_size, tr.batch_size, tr.seed,  # noqa: E731
                                    whole_word=t.whole_word_mask)
     return mk(train), mk(val)
