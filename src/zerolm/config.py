@@ -45,6 +45,7 @@ class DataConfig:
     val: list[str] = field(default_factory=list)  # validation text files; if empty, val_fraction is held out
     val_fraction: float = 0.1  # with no val files: the last fraction of the training tokens is held out
     block_size: int = 128  # tokens per training sequence (<= model.max_seq_len)
+    columns: list[str] = field(default_factory=lambda: ["text"])  # tables among the files: the columns read, each a line (Multi30k: [en, de])
     cache_dir: str | None = None  # token cache; default $ZEROLM_CACHE or ~/.cache/zerolm
 
 

@@ -293,6 +293,21 @@ def generate_seq2seq(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
     return _sample_seq2seq(model, enc, mask, cfg, eos_id, pad_id)
 
 
+@torch.no_grad()
+def beam_search(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
+                attention_mask: torch.Tensor | None = None, eos_id: int | None = None,
+                pad_id: int = 0) -> torch.Tensor:
+    """`generate_seq2seq`'s beam search, run for any `cfg.num_beams` (with one beam it
+    must find what greedy decoding finds)."""
+    model.eval()
+    device = next(model.parameters()).device
+    src = input_ids.to(device)
+    mask = (torch.ones_like(src) if attention_mask is None else attention_mask.to(device)).long()
+    if src.shape[0] == 0 or cfg.max_new_tokens == 0:
+        return torch.full((src.shape[0], 0), pad_id, dtype=torch.long, device=device)
+    return _beam_search(model, model.encode(src, mask), mask, cfg, eos_id, pad_id)
+
+
 def _sample_seq2seq(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> torch.Tensor:
     """Greedy or sampled decoding; a row that ends leaves the batch."""
     B, device = enc.shape[0], enc.device
@@ -342,9 +357,10 @@ def _beam_search(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> tor
     each source, files those ending in end-of-text as finished hypotheses (scored
     sum log p / length ** length_penalty, length counting the end-of-text) and goes on
     with the K best others. A source is done once it has K finished hypotheses and no
-    live beam can still beat the worst of them (the bound is exact for length_penalty
-    >= 0, the common case: a beam's sum of log p can only fall), or at max_new_tokens,
-    where its live beams are finished as they stand. Done sources leave the batch.
+    live beam can still beat the worst of them, or at max_new_tokens, where its K best
+    candidates finish as they stand. These are the rules of Hugging Face's beam search
+    (with early_stopping=False), so both return the same targets. Done sources leave the
+    batch, so a batch costs what its longest search costs, not its longest row times K.
     """
     K, B, device = cfg.num_beams, enc.shape[0], enc.device
     V = model.config.vocab_size
@@ -378,6 +394,12 @@ def _beam_search(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> tor
         seq_l = seqs[:, 1:].tolist()
         for j in range(N):
             b = int(live[j])
+            if last:  # out of room: the K best candidates finish as they are
+                for r in range(K):
+                    if top_l[j][r] > float("-inf"):
+                        _add_hyp(finished[b], K, top_l[j][r] / ((n + 1) ** lp),
+                                 seq_l[j * K + parent_l[j][r]] + [token_l[j][r]])
+                continue
             rows, toks, scs = [], [], []
             for r in range(2 * K):
                 s, p, t = top_l[j][r], parent_l[j][r], token_l[j][r]
@@ -392,13 +414,10 @@ def _beam_search(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> tor
                 scs.append(s)
                 if len(rows) == K:
                     break
-            best_live = scs[0] / ((n + 1) ** lp) if scs else float("-inf")
-            if last:  # out of room: the live beams finish as they are
-                for row, t, s in zip(rows, toks, scs):
-                    _add_hyp(finished[b], K, s / ((n + 1) ** lp), seq_l[row] + [t])
-                continue
-            full = len(finished[b]) >= K
-            if not rows or (full and finished[b][-1][0] >= best_live and lp >= 0):
+            # the score the best live beam has now: Hugging Face's default heuristic (its log p
+            # can only fall; with length_penalty > 0 a longer beam could still score higher)
+            reach = scs[0] / ((n + 1) ** lp) if scs else float("-inf")
+            if not rows or (len(finished[b]) >= K and finished[b][-1][0] >= reach):
                 continue  # this source is done
             while len(rows) < K:  # fewer than K live continuations: pad with a dead beam
                 rows.append(rows[0])

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,17 +76,18 @@ class TokenCorpus:
         return self.tokens[self.lines[0]:self.lines[-1]]
 
 
-def _cache_key(files: list[Path], tokenizer, keep_ends: bool, text_column: str) -> str:
+def _cache_key(files: list[Path], tokenizer, keep_ends: bool, text_column: str | Sequence[str]) -> str:
     h = hashlib.sha256()
     h.update(tokenizer.backend.to_str().encode())
-    h.update(f"{keep_ends}|{text_column}|v1".encode())
+    cols = text_column if isinstance(text_column, str) else ",".join(text_column)
+    h.update(f"{keep_ends}|{cols}|v1".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 
-def load_corpus(files: list[str], tokenizer, *, keep_line_ends: bool, text_column: str = "text",
+def load_corpus(files: list[str], tokenizer, *, keep_line_ends: bool, text_column: str | Sequence[str] = "text",
                 cache_dir: str | os.PathLike | None = None) -> TokenCorpus:
     """Tokenize `files` once (cached) and return the memory-mapped corpus.
 
@@ -136,7 +138,7 @@ class _TokenWriter:
         texts.clear()
 
 
-def _build(paths: list[Path], tokenizer, keep_ends: bool, text_column: str, target: Path) -> None:
+def _build(paths: list[Path], tokenizer, keep_ends: bool, text_column: str | Sequence[str], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,16 +160,19 @@ def iter_rows(path: str | os.PathLike, *, raw: bool = False) -> Iterator[tuple[i
         raise DataError(f"{p}: unsupported table format (use .tsv, .csv or .jsonl, optionally .gz)")
 
 
-def iter_records(path: str | os.PathLike, *, text_column: str = "text",
+def iter_records(path: str | os.PathLike, *, text_column: str | Sequence[str] = "text",
                  keep_ends: bool = False) -> Iterator[tuple[int, str]]:
     """(line_number, text) of a corpus file. Plain text gives its lines; a table
-    (`.tsv`, `.csv`, `.jsonl`, optionally `.gz`) gives the `text_column` of each row, so
-    labelled datasets double as pretraining text."""
+    (`.tsv`, `.csv`, `.jsonl`, optionally `.gz`) gives the `text_column` of each row (each
+    of several columns in turn: both sides of a translation table), so labelled datasets
+    double as pretraining text."""
     if not is_table(path):
         yield from iter_lines(path, keep_ends=keep_ends)
         return
+    cols = [text_column] if isinstance(text_column, str) else list(text_column)
     end = "\n" if keep_ends else ""
     for lineno, row in iter_rows(path):
-        if text_column not in row:
-            raise DataError(f"{path}:{lineno}: no column {text_column!r} (columns: {', '.join(row)})")
-        yield lineno, row[text_column] + end
+        for col in cols:
+            if col not in row:
+                raise DataError(f"{path}:{lineno}: no column {col!r} (columns: {', '.join(row)})")
+            yield lineno, row[col] + end

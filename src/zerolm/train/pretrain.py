@@ -48,11 +48,12 @@ def build_batches(cfg: RunConfig, tok: Tokenizer):
     keep_ends = tok.kind != "wordpiece"
     if not dist.is_main():
         dist.barrier()  # rank 0 tokenizes and caches first
-    corpus = load_corpus(d.train, tok, keep_line_ends=keep_ends, cache_dir=d.cache_dir)
+    cols = tuple(d.columns)
+    corpus = load_corpus(d.train, tok, keep_line_ends=keep_ends, text_column=cols, cache_dir=d.cache_dir)
     if dist.is_main():
         dist.barrier()
     if d.val:
-        val = load_corpus(d.val, tok, keep_line_ends=keep_ends, cache_dir=d.cache_dir)
+        val = load_corpus(d.val, tok, keep_line_ends=keep_ends, text_column=cols, cache_dir=d.cache_dir)
         train = corpus
     elif t.name == "clm":
         flat = corpus.flat()
