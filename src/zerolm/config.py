@@ -64,6 +64,9 @@ class TaskConfig:
 
 @dataclass
 class OptimConfig:
+    # adamw; adafactor (Shazeer & Stern 2018, T5's optimizer): factored second moments and
+    # steps relative to each weight's RMS, which T5's initialisation assumes (lr 1e-2)
+    name: Literal["adamw", "adafactor"] = "adamw"
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.01  # decoupled (AdamW) weight decay on the decayed group
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam beta1, beta2
@@ -355,6 +358,8 @@ class FinetuneConfig:
 def _check_optim_schedule(o: OptimConfig, s: ScheduleConfig) -> None:
     """One-line errors, naming the key, for values the optimizer would take and fail on later
     (or, worse, train with: a negative learning rate climbs the loss)."""
+    if o.name not in ("adamw", "adafactor"):
+        raise ConfigError(f"optim.name must be adamw or adafactor, got {o.name!r}")
     if not o.lr > 0 or not math.isfinite(o.lr):  # `not >` catches NaN too
         raise ConfigError(f"optim.lr must be a positive number, got {o.lr} (typical: 6e-4 to "
                           f"1e-3 for pretraining, 1e-5 to 1e-4 for full fine-tuning, 1e-4 to 1e-3 "

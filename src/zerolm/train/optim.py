@@ -1,4 +1,4 @@
-"""AdamW with weight-decay groups, and the learning-rate schedule."""
+"""AdamW (or Adafactor) with weight-decay groups, and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: list[str]) -> 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay)
+    if cfg.name == "adafactor":
+        # each step moves a weight by lr x its RMS: T5's init gives the query projection
+        # a std of 1/sqrt(D Dh) and the embeddings 1; AdamW's absolute steps would move the
+        # first far too fast (attention collapses) and the second hardly at all
+        return torch.optim.Adafactor(groups, lr=cfg.lr, foreach=True)
     # the fused kernel updates all parameters in one pass (CPU and CUDA); same math as foreach
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
 

@@ -1,0 +1,193 @@
+"""Multi30k English -> German translation with zerolm's T5 (issue 16), on 2 CPU cores.
+
+Runs (each reused when a finished one is in --out):
+- `scratch`: configs/multi30k_t5.yaml, the 6 + 6-layer width-256 T5 trained from random
+  weights (its unigram tokenizer is trained first, on the training pairs);
+- `span`: configs/multi30k_t5_span.yaml, the same model pretrained by span corruption on
+  both sides of the training pairs, WikiText-2 (valid) and tiny Shakespeare, with the
+  scratch run's tokenizer;
+- `short_scratch` / `short_pretrained`: the comparison at equal fine-tuning steps
+  (--compare-steps, same config and schedule): from random weights, and from `span`.
+
+Then, on the 1,014 dev pairs, with the scratch run's best model:
+- dev BLEU (sacrebleu's definition, zerolm.eval.overlap) of greedy decoding and of beam
+  search (--beams, length penalty --length-penalty), against the raw references;
+- throughput of batched beam search, zerolm against Hugging Face `generate` on the same
+  weights (exported with zerolm.convert.hf.export_hf), same sources, batch, beams and
+  max_new_tokens; tokens/s counts each output's tokens up to its end-of-text, median of
+  --repeats runs; and how often the two return the same target.
+
+    python bench/translate_multi30k.py [--out runs/bench_multi30k] [--compare-steps 1500]
+        [--beams 4] [--length-penalty 1.0] [--skip short,span] [--threads 2]
+
+Targets: scratch dev BLEU >= 30 within 2 hours of training; pretrained > scratch at equal
+steps; beam > greedy; beam tokens/s >= 1.0x Hugging Face's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from common import emit, environment, median_time
+from zerolm.config import FinetuneConfig, RunConfig, load_config
+from zerolm.train.finetune import finetune
+from zerolm.train.pretrain import pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+TRANSLATE = REPO / "configs/multi30k_t5.yaml"
+SPAN = REPO / "configs/multi30k_t5_span.yaml"
+DEV = "multi30k/dev.tsv"
+
+
+def finetuned(out: Path, overrides: list[str]) -> dict:
+    """Fine-tune once (a finished run in `out` is reused, an unfinished one resumed);
+    its eval.json."""
+    if not (out / "eval.json").exists():
+        cfg = load_config(TRANSLATE, [f"out_dir={out}", "train.progress=false", *overrides], cls=FinetuneConfig)
+        t = time.time()
+        finetune(cfg, resume=(out / "checkpoints").is_dir())
+        logging.info("%s: fine-tuned in %.0f s", out.name, time.time() - t)
+    return json.loads((out / "eval.json").read_text())
+
+
+def pretrained(out: Path, tokenizer: Path, overrides: list[str]) -> Path:
+    """Span-corruption pretraining once; its final model directory."""
+    if not (out / "final" / "model.safetensors").exists():
+        cfg = load_config(SPAN, [f"out_dir={out}", f"tokenizer.path={tokenizer}", "train.progress=false",
+                                 *overrides], cls=RunConfig)
+        t = time.time()
+        pretrain(cfg, resume=(out / "checkpoints").is_dir())
+        logging.info("%s: pretrained in %.0f s", out.name, time.time() - t)
+    return out / "final"
+
+
+def dev_bleu(model_dir: Path, **decoding) -> dict:
+    """The dev report of a fine-tuned model with these decoding settings."""
+    import zerolm
+
+    pred = zerolm.load(model_dir)
+    for k, v in decoding.items():
+        setattr(pred.task, k, v)
+    t = time.perf_counter()
+    report = pred.evaluate(DEV, batch_size=64)
+    report["eval_s"] = time.perf_counter() - t
+    return report
+
+
+def _kept(row: list[int], eos: int) -> list[int]:
+    return row[:row.index(eos) + 1] if eos in row else row
+
+
+@torch.no_grad()
+def beam_throughput(model_dir: Path, out: Path, *, beams: int, length_penalty: float, n: int, batch: int,
+                    max_new: int, repeats: int) -> dict:
+    """Tokens/s of batched beam search, zerolm and Hugging Face on the same weights."""
+    import transformers
+
+    import zerolm
+    from zerolm.convert.hf import export_hf
+    from zerolm.generate import generate_seq2seq
+
+    pred = zerolm.load(model_dir)
+    tok, model = pred.tokenizer, pred.model.eval()
+    hf_dir = out / "hf_export"
+    if not (hf_dir / "config.json").exists():
+        export_hf(model, hf_dir, tokenizer=tok)
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(hf_dir).eval()
+    sources, _ = pred.task.read_inputs(DEV)
+    sources = sources[:n]
+    batches = []
+    for s in range(0, len(sources), batch):
+        enc = tok.pad(tok.encode_batch(sources[s:s + batch])["input_ids"])
+        batches.append((enc["input_ids"], enc["attention_mask"]))
+    eos, pad = tok.eos_id, tok.pad_id or 0
+    cfg = pred.task.generation_config(num_beams=beams, length_penalty=length_penalty, max_new_tokens=max_new)
+
+    def ours():
+        return [generate_seq2seq(model, i, cfg, attention_mask=m, eos_id=eos, pad_id=pad) for i, m in batches]
+
+    def theirs():
+        return [hf.generate(input_ids=i, attention_mask=m, num_beams=beams, length_penalty=length_penalty,
+                            max_new_tokens=max_new, do_sample=False, eos_token_id=eos, pad_token_id=pad,
+                            decoder_start_token_id=pad)[:, 1:] for i, m in batches]
+
+    a, b = ours(), theirs()  # warm-up, and the outputs compared
+    rows_a = [_kept(r, eos) for t in a for r in t.tolist()]
+    rows_b = [_kept(r, eos) for t in b for r in t.tolist()]
+    tokens = sum(len(r) for r in rows_a)
+    tokens_hf = sum(len(r) for r in rows_b)
+    t_ours = median_time(ours, repeats)
+    t_hf = median_time(theirs, repeats)
+    return {"sources": len(sources), "batch": batch, "beams": beams, "length_penalty": length_penalty,
+            "max_new_tokens": max_new, "tokens": tokens, "tokens_hf": tokens_hf,
+            "zerolm_s": t_ours, "hf_s": t_hf, "zerolm_tok_s": tokens / t_ours, "hf_tok_s": tokens_hf / t_hf,
+            "ratio": (tokens / t_ours) / (tokens_hf / t_hf),
+            "same_output": sum(x == y for x, y in zip(rows_a, rows_b)) / len(rows_a)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/bench_multi30k")
+    ap.add_argument("--compare-steps", type=int, default=1500, help="fine-tuning steps of both comparison arms")
+    ap.add_argument("--beams", type=int, default=4)
+    ap.add_argument("--length-penalty", type=float, default=1.0)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: span, short, beam, speed")
+    ap.add_argument("--speed-sources", type=int, default=256, help="dev sources timed for tokens/s")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("overrides", nargs="*", help="config overrides a.b=c for every fine-tuning run")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    skip = set(filter(None, args.skip.split(",")))
+    out = Path(args.out)
+    t0 = time.time()
+    record: dict = {"env": environment()}
+    threads = f"train.threads={args.threads}"
+
+    scratch = finetuned(out / "scratch", [threads, *args.overrides])
+    record["scratch"] = {k: scratch.get(k) for k in ("bleu", "rouge1", "rouge2", "rougeL", "loss", "steps",
+                                                     "train_s", "wall_s", "decoding")}
+    rows = [["scratch (greedy)", scratch["steps"], f"{scratch['bleu']:.2f}", f"{scratch['train_s'] / 60:.1f} min"]]
+    best = out / "scratch" / "best"
+    if "beam" not in skip:
+        greedy = dev_bleu(best, num_beams=1)
+        beam = dev_bleu(best, num_beams=args.beams, length_penalty=args.length_penalty)
+        record["greedy"] = {k: greedy[k] for k in ("bleu", "rouge1", "rouge2", "rougeL", "eval_s")}
+        record["beam"] = {k: beam[k] for k in ("bleu", "rouge1", "rouge2", "rougeL", "eval_s")}
+        rows += [["scratch, greedy (re-scored)", "", f"{greedy['bleu']:.2f}", ""],
+                 [f"scratch, beam {args.beams} lp {args.length_penalty:g}", "", f"{beam['bleu']:.2f}", ""]]
+    if "speed" not in skip:
+        record["speed"] = beam_throughput(best, out, beams=args.beams, length_penalty=args.length_penalty,
+                                          n=args.speed_sources, batch=32, max_new=80, repeats=args.repeats)
+    if "span" not in skip:
+        span = pretrained(out / "span", out / "scratch" / "tokenizer", [threads])
+        evals = [json.loads(line) for line in (out / "span" / "metrics.jsonl").read_text().splitlines()]
+        record["span"] = [{k: r[k] for k in ("step", "val_loss", "val_accuracy") if k in r}
+                          for r in evals if "val_loss" in r]
+        if "short" not in skip:
+            n = args.compare_steps
+            common = [threads, f"train.max_steps={n}", f"train.eval_every={n}", f"train.save_every={n // 3}",
+                      f"tokenizer.path={out / 'scratch' / 'tokenizer'}", *args.overrides]
+            short_s = finetuned(out / "short_scratch", common)
+            short_p = finetuned(out / "short_pretrained", [*common, f"init={span}"])
+            record["compare"] = {"steps": n, "scratch_bleu": short_s["bleu"], "pretrained_bleu": short_p["bleu"],
+                                 "scratch_loss": short_s["loss"], "pretrained_loss": short_p["loss"]}
+            rows += [[f"scratch, {n} steps", n, f"{short_s['bleu']:.2f}", f"{short_s['train_s'] / 60:.1f} min"],
+                     [f"span-pretrained, {n} steps", n, f"{short_p['bleu']:.2f}", f"{short_p['train_s'] / 60:.1f} min"]]
+    record["wall_s"] = time.time() - t0
+    emit(rows, ["run", "steps", "dev BLEU", "train time"], record)
+    if "speed" in record:
+        s = record["speed"]
+        print(f"beam {s['beams']} tokens/s: zerolm {s['zerolm_tok_s']:.0f}, HF generate {s['hf_tok_s']:.0f} "
+              f"({s['ratio']:.2f}x); same target for {100 * s['same_output']:.1f}% of {s['sources']} sources")
+
+
+if __name__ == "__main__":
+    main()
