@@ -78,8 +78,19 @@ def test_span_pretraining_then_translation_fine_tuning(span_model, tmp_path):
 def test_the_translation_learns_the_phrase_book(tmp_path):
     cfg = load_config(TINY / "seq2seq_translate.yaml", [f"out_dir={tmp_path / 'run'}", "train.progress=false"],
                       cls=FinetuneConfig)
-    _, report = finetune(cfg)
+    result, report = finetune(cfg)
     assert report["bleu"] > 30  # from scratch on 200 pairs, in seconds
+    # exported as a Hugging Face T5 with its tokenizer: transformers writes the same German
+    transformers = pytest.importorskip("transformers")
+    from zerolm.cli.main import main
+
+    assert main(["convert", "--to", "hf", str(result.out_dir / "best"), str(tmp_path / "hf")]) == 0
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    sources = ["A man is eating in the snow.", "Three people are running on the street."]
+    enc = hf_tok(sources, return_tensors="pt", padding=True)
+    theirs = hf_tok.batch_decode(hf.generate(**enc, max_new_tokens=32, do_sample=False), skip_special_tokens=True)
+    assert theirs == [p["target"] for p in zerolm.load(result.out_dir / "best").predict(sources)]
 
 
 @pytest.mark.parametrize("strategy", ["lora", "adapter", "freeze"])

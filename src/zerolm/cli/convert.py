@@ -34,12 +34,15 @@ def run(args) -> int:
                   "(fine for fine-tuning; pretrain it before using its predictions)")
     else:
         src = resolve_model_path(args.src)
-        if src.is_dir() and read_task_meta(Path(src)) is not None:
-            raise ZeroLMError(f"{args.src} is a fine-tuned model (task.json): Hugging Face export "
-                              "covers pretraining models (BERT masked LM, GPT-2 LM, T5 "
-                              "sequence-to-sequence LM), not task heads; use it with zerolm "
-                              "(predict, eval, zerolm.load)")
-        model, tok = load_model(args.src)
+        meta = read_task_meta(Path(src)) if src.is_dir() else None
+        if meta is not None and not (meta["task"] == "seq2seq"
+                                     and meta.get("strategy", {}).get("name", "full") in ("full", "freeze")):
+            raise ZeroLMError(f"{args.src} is a fine-tuned model (task.json, task {meta['task']}, strategy "
+                              f"{meta.get('strategy', {}).get('name', 'full')}): Hugging Face export covers "
+                              "pretraining models (BERT masked LM, GPT-2 LM, T5 sequence-to-sequence LM, "
+                              "a seq2seq fine-tuning of all or some of its weights), not task heads or "
+                              "adapters; use it with zerolm (predict, eval, zerolm.load)")
+        model, tok = load_model(args.src)  # a seq2seq fine-tuning is its T5 as it stands
         export_hf(model, args.dst, tokenizer=tok)
         what = "Hugging Face"
     n = sum(p.numel() for p in model.parameters())
