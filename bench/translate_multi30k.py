@@ -6,8 +6,10 @@ Runs (each reused when a finished one is in --out):
 - `span`: configs/multi30k_t5_span.yaml, the same model pretrained by span corruption on
   both sides of the training pairs, WikiText-2 (valid) and tiny Shakespeare, with the
   scratch run's tokenizer;
-- `short_scratch` / `short_pretrained`: the comparison at equal fine-tuning steps
-  (--compare-steps, same config and schedule): from random weights, and from `span`.
+- `pretrained`: configs/multi30k_t5.yaml from `span`'s weights on the scratch run's exact
+  schedule (learning rate decayed over its steps, same data order), stopped after
+  --compare-steps: its evaluations and the scratch run's at the same steps compare the two
+  at equal fine-tuning steps.
 
 Then, on the 1,014 dev pairs, with the scratch run's best model:
 - dev BLEU (sacrebleu's definition, zerolm.eval.overlap) of greedy decoding and of beam
@@ -45,10 +47,16 @@ SPAN = REPO / "configs/multi30k_t5_span.yaml"
 DEV = "multi30k/dev.tsv"
 
 
+def ended(run: Path) -> bool:
+    """The run in this directory ran to its end (not interrupted)."""
+    state = run / "run.json"
+    return state.exists() and json.loads(state.read_text()).get("status") != "interrupted"
+
+
 def finetuned(out: Path, overrides: list[str]) -> dict:
     """Fine-tune once (a finished run in `out` is reused, an unfinished one resumed);
     its eval.json."""
-    if not (out / "eval.json").exists():
+    if not ended(out):
         cfg = load_config(TRANSLATE, [f"out_dir={out}", "train.progress=false", *overrides], cls=FinetuneConfig)
         t = time.time()
         finetune(cfg, resume=(out / "checkpoints").is_dir())
@@ -58,13 +66,19 @@ def finetuned(out: Path, overrides: list[str]) -> dict:
 
 def pretrained(out: Path, tokenizer: Path, overrides: list[str]) -> Path:
     """Span-corruption pretraining once; its final model directory."""
-    if not (out / "final" / "model.safetensors").exists():
+    if not ended(out):
         cfg = load_config(SPAN, [f"out_dir={out}", f"tokenizer.path={tokenizer}", "train.progress=false",
                                  *overrides], cls=RunConfig)
         t = time.time()
         pretrain(cfg, resume=(out / "checkpoints").is_dir())
         logging.info("%s: pretrained in %.0f s", out.name, time.time() - t)
     return out / "final"
+
+
+def val_curve(run: Path) -> dict[int, dict]:
+    """The evaluations of a run's metrics.jsonl, by step."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "val_bleu" in r}
 
 
 def dev_bleu(model_dir: Path, **decoding) -> dict:
@@ -134,7 +148,8 @@ def beam_throughput(model_dir: Path, out: Path, *, beams: int, length_penalty: f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/bench_multi30k")
-    ap.add_argument("--compare-steps", type=int, default=1500, help="fine-tuning steps of both comparison arms")
+    ap.add_argument("--compare-steps", type=int, default=1500,
+                    help="fine-tuning steps of the pretrained run (its schedule is the scratch run's)")
     ap.add_argument("--beams", type=int, default=4)
     ap.add_argument("--length-penalty", type=float, default=1.0)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: span, short, beam, speed")
@@ -172,15 +187,23 @@ def main() -> None:
         record["span"] = [{k: r[k] for k in ("step", "val_loss", "val_accuracy") if k in r}
                           for r in evals if "val_loss" in r]
         if "short" not in skip:
+            # the pretrained model on the scratch run's exact schedule (decay over its steps,
+            # same data order and seed), stopped after --compare-steps: each of its evaluations
+            # meets the scratch run's at the same step
             n = args.compare_steps
-            common = [threads, f"train.max_steps={n}", f"train.eval_every={n}", f"train.save_every={n // 3}",
-                      f"tokenizer.path={out / 'scratch' / 'tokenizer'}", *args.overrides]
-            short_s = finetuned(out / "short_scratch", common)
-            short_p = finetuned(out / "short_pretrained", [*common, f"init={span}"])
-            record["compare"] = {"steps": n, "scratch_bleu": short_s["bleu"], "pretrained_bleu": short_p["bleu"],
-                                 "scratch_loss": short_s["loss"], "pretrained_loss": short_p["loss"]}
-            rows += [[f"scratch, {n} steps", n, f"{short_s['bleu']:.2f}", f"{short_s['train_s'] / 60:.1f} min"],
-                     [f"span-pretrained, {n} steps", n, f"{short_p['bleu']:.2f}", f"{short_p['train_s'] / 60:.1f} min"]]
+            total = scratch["planned_steps"]
+            short_p = finetuned(out / "pretrained", [threads, f"init={span}", f"train.max_steps={n}",
+                                                      f"schedule.decay_steps={total}", *args.overrides])
+            curve_s, curve_p = val_curve(out / "scratch"), val_curve(out / "pretrained")
+            steps = sorted(set(curve_s) & set(curve_p))
+            record["compare"] = {"steps": steps, "scratch_bleu": [curve_s[k]["val_bleu"] for k in steps],
+                                 "pretrained_bleu": [curve_p[k]["val_bleu"] for k in steps],
+                                 "scratch_loss": [curve_s[k]["val_loss"] for k in steps],
+                                 "pretrained_loss": [curve_p[k]["val_loss"] for k in steps],
+                                 "pretrained_best_bleu": short_p["bleu"]}
+            for k in steps:
+                rows.append([f"step {k}: scratch / span-pretrained", k,
+                             f"{curve_s[k]['val_bleu']:.2f} / {curve_p[k]['val_bleu']:.2f}", ""])
     record["wall_s"] = time.time() - t0
     emit(rows, ["run", "steps", "dev BLEU", "train time"], record)
     if "speed" in record:

@@ -52,6 +52,26 @@ def test_rows_stop_on_their_own_and_the_others_go_on():
     assert out[1][:n] == free[1][:n]  # row 1 is unaffected by row 0 leaving the batch
 
 
+def test_min_new_tokens_no_repeat_ngrams_and_no_beams_for_a_causal_lm():
+    model = lm()
+    prompts = [[5, 6, 7, 5, 6], [8, 9]]
+    ids, mask = left_pad(prompts)
+    free = generate_ids(model, ids, GenerationConfig(max_new_tokens=8, greedy=True), attention_mask=mask)
+    eos = free[0, 1].item()
+    late = generate_ids(model, ids, GenerationConfig(max_new_tokens=8, greedy=True, min_new_tokens=4),
+                        attention_mask=mask, eos_id=eos)
+    assert not late[:, :4].eq(eos).any()
+    out = generate_ids(model, ids, GenerationConfig(max_new_tokens=12, greedy=True, no_repeat_ngram_size=2),
+                       attention_mask=mask)
+    for p, row in zip(prompts, out.tolist()):
+        seq = p + row  # the prompt counts too, as in Hugging Face
+        grams = [tuple(seq[i:i + 2]) for i in range(len(seq) - 1)]
+        for i in range(len(p) - 1, len(grams)):  # each bigram a new token completes is new
+            assert grams[i] not in grams[:i], (seq, i)
+    with pytest.raises(ConfigError, match="beam search .* encoder-decoders"):
+        generate_ids(model, ids, GenerationConfig(num_beams=2), attention_mask=mask)
+
+
 def test_generation_past_the_context_window_uses_a_sliding_window():
     model = lm()  # max_seq_len 24
     prompt = torch.randint(1, 99, (1, 10))
@@ -79,6 +99,10 @@ def test_generation_past_the_context_window_uses_a_sliding_window():
     ("seed", -1, "seed must be an integer in \\[0, 2\\*\\*63\\)"),
     ("seed", 2**64, "seed must be an integer in \\[0, 2\\*\\*63\\)"),
     ("stop", [""], "stop sequences must be non-empty"),
+    ("num_beams", 0, "num_beams must be an integer >= 1"),
+    ("no_repeat_ngram_size", -1, "no_repeat_ngram_size must be an integer >= 0"),
+    ("min_new_tokens", -2, "min_new_tokens must be an integer >= 0"),
+    ("length_penalty", float("inf"), "length_penalty must be a finite number"),
 ])
 def test_each_invalid_generation_parameter_has_its_own_error(field, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -86,9 +110,9 @@ def test_each_invalid_generation_parameter_has_its_own_error(field, value, messa
 
 
 @pytest.mark.parametrize("flag, value, name", [
-    ("--max-new-tokens", "-5", "max_new_tokens"), ("--temperature", "-1", "temperature"),
-    ("--top-k", "-1", "top_k"), ("--top-p", "2", "top_p"), ("--repetition-penalty", "0", "repetition_penalty"),
-    ("--num-samples", "0", "num-samples"),
+    ("--max-new-tokens", "-5", "--max-new-tokens"), ("--temperature", "-1", "--temperature"),
+    ("--top-k", "-1", "--top-k"), ("--top-p", "2", "--top-p"), ("--repetition-penalty", "0", "--repetition-penalty"),
+    ("--num-samples", "0", "num-samples"), ("--num-beams", "0", "--num-beams"),
 ])
 def test_generate_cli_refuses_bad_parameters_in_one_line(tmp_path, capsys, flag, value, name):
     code = main(["generate", str(tmp_path / "no-model"), flag, value])

@@ -47,10 +47,10 @@ class GenerationConfig:
     stop_at_eos: bool = True  # stop a row at the tokenizer's end-of-text token
     seed: int | None = None  # seed for sampling
     use_cache: bool = True  # KV cache: each new token costs one position of work
-    num_beams: int = 1  # encoder-decoder: beam search with this many beams (1: greedy or sampling)
+    num_beams: int = 1  # encoder-decoders: beam search with this many beams (1: greedy or sampling)
     length_penalty: float = 1.0  # beam search: a hypothesis scores log p / length ** this (> 0 favours longer)
-    no_repeat_ngram_size: int = 0  # encoder-decoder: never repeat an n-gram of this size (0: off)
-    min_new_tokens: int = 0  # encoder-decoder: end-of-text is not allowed before this many tokens
+    no_repeat_ngram_size: int = 0  # never repeat an n-gram of this size (0: off)
+    min_new_tokens: int = 0  # end-of-text is not allowed before this many new tokens
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> ConfigError:
@@ -129,6 +129,9 @@ def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
     rows still generating, the token each just got and whether that row stopped there
     (a server streams tokens from it; rows still going when the loop ends stopped at
     max_new_tokens)."""
+    if cfg.num_beams > 1:
+        raise ConfigError("beam search (num_beams > 1) is implemented for encoder-decoders (T5); "
+                          "a causal LM decodes greedily or by sampling")
     model.eval()
     device = next(model.parameters()).device
     seqs = input_ids.to(device)
@@ -172,6 +175,11 @@ def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
             pos = cache_mask.sum(1, keepdim=True) - 1  # (B, 1)
             logits = model(rows_ids[:, -1:], attention_mask=cache_mask, position_ids=pos, cache=cache)[:, -1]
         logits = logits.float()  # (B, V)
+        if eos_id is not None and n < cfg.min_new_tokens:
+            logits[:, eos_id] = float("-inf")
+        if cfg.no_repeat_ngram_size:  # over the prompt and what follows it, as Hugging Face's
+            real = [row[m.bool()].tolist() for row, m in zip(rows_ids, rows_mask)]
+            logits = _ban_repeats(logits, real, cfg.no_repeat_ngram_size)
         seen = None
         if cfg.repetition_penalty != 1.0:
             seen = torch.zeros_like(logits).scatter_reduce(1, rows_ids, rows_mask.float(), "amax").bool()
@@ -251,25 +259,17 @@ def generate_text(model, tokenizer, prompt: str, cfg: GenerationConfig) -> str:
 
 
 # ---------------------------------------------------------------- encoder-decoder
-def _ban_repeats(logp: torch.Tensor, seqs: torch.Tensor, n: int) -> torch.Tensor:
-    """Set to -inf each token that would complete an n-gram already in its row of `seqs`
-    (N, t) (the start token excluded): logp (N, V)."""
-    t = seqs.shape[1] - 1  # generated tokens so far
-    if n <= 0 or t + 1 < n:
-        return logp
-    rows = seqs[:, 1:].tolist()
+def _ban_repeats(logp: torch.Tensor, rows: list[list[int]], n: int) -> torch.Tensor:
+    """Set to -inf, in each row of logp (N, V), the tokens that would complete an n-gram
+    already in that row's tokens `rows[i]`."""
     for r, toks in enumerate(rows):
+        if n <= 0 or len(toks) < n:
+            continue
         head = tuple(toks[len(toks) - n + 1:]) if n > 1 else ()
         banned = [toks[i + n - 1] for i in range(len(toks) - n + 1) if tuple(toks[i:i + n - 1]) == head]
         if banned:
             logp[r, banned] = float("-inf")
     return logp
-
-
-def _step_logits(model, cache, last: torch.Tensor) -> torch.Tensor:
-    """Next-token log-probabilities (N, V) of the decoder's last tokens (N, 1)."""
-    logits = model(decoder_input_ids=last, cache=cache)[:, -1].float()  # (N, V)
-    return torch.log_softmax(logits, dim=-1)
 
 
 @torch.no_grad()
@@ -329,7 +329,7 @@ def _sample_seq2seq(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> 
         if eos_id is not None and n < cfg.min_new_tokens:
             logits[:, eos_id] = float("-inf")
         if cfg.no_repeat_ngram_size:
-            logits = _ban_repeats(logits, seqs, cfg.no_repeat_ngram_size)
+            logits = _ban_repeats(logits, seqs[:, 1:].tolist(), cfg.no_repeat_ngram_size)
         seen = None
         if cfg.repetition_penalty != 1.0:
             seen = torch.zeros_like(logits).scatter_(1, seqs, 1.0).bool()
@@ -383,7 +383,7 @@ def _beam_search(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> tor
         if eos_id is not None and n < cfg.min_new_tokens:
             logp[:, eos_id] = float("-inf")
         if cfg.no_repeat_ngram_size:
-            logp = _ban_repeats(logp, seqs, cfg.no_repeat_ngram_size)
+            logp = _ban_repeats(logp, seqs[:, 1:].tolist(), cfg.no_repeat_ngram_size)
         N = len(live)
         cand = (scores.view(N, K, 1) + logp.view(N, K, V)).view(N, K * V)
         top, idx = cand.topk(2 * K, dim=1)  # (N, 2K)
@@ -457,9 +457,9 @@ def generate_seq2seq_texts(model, tokenizer, sources: list[str], cfg: Generation
     """The target text an encoder-decoder writes for each source, in order."""
     if not sources:
         return []
-    enc = tokenizer.encode_batch(sources)["input_ids"]
-    if max_source_length:
-        enc = [x[:max_source_length] for x in enc]
+    from zerolm.data.pairs import encode_sources
+
+    enc, _ = encode_sources(tokenizer, sources, max_source_length or model.config.max_seq_len)
     b = tokenizer.pad(enc)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     new = generate_seq2seq(model, b["input_ids"], cfg, attention_mask=b["attention_mask"],

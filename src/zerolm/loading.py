@@ -75,7 +75,10 @@ class Predictor:
       "entities"}; intent_slots {"intent", "intent_score", "intent_probs", "tokens", "tags",
       "slots"}; completion (and any causal LM) {"completion"};
     - `embed(texts)`: sentence embeddings (N, D), mean pooling + L2 by default;
-    - `generate(prompts, **options)`: continuations of the prompts (a causal LM);
+    - `generate(prompts, **options)`: continuations of the prompts (a causal LM), or the
+      target an encoder-decoder writes for each source (T5: translation, summarisation);
+    - `set_decoding(**options)`: how a fine-tuned seq2seq model decodes in `predict` and
+      `evaluate` (beam size, length penalty, ...; default: as it was fine-tuned);
     - `evaluate(path)`: the task's report on a labelled file (the dev-set report of
       fine-tuning, on any file in the training format).
     """
@@ -156,20 +159,76 @@ class Predictor:
                            batch_size=batch_size, pooling=pooling, normalize=normalize,
                            max_length=max_length, progress=progress)
 
-    def generate(self, prompts, **options) -> list[str]:
-        """The text each prompt continues with; options are GenerationConfig's fields."""
-        from zerolm.generate import GenerationConfig, generate_texts
+    @property
+    def is_seq2seq(self) -> bool:
+        """An encoder-decoder with its LM head (T5): it writes a target for each source."""
         from zerolm.models import family
 
+        return family(self.model.config).objective == "span" and hasattr(self.model, "lm_head")
+
+    @property
+    def kind(self) -> str:
+        """What this model is, for error messages: "a fine-tuned classify model", ..."""
+        if self.meta.get("task"):
+            return f"a fine-tuned {self.meta['task']} model"
+        return f"a {type(self.model).__name__} ({self.model.config.family}) without a fine-tuned task"
+
+    def set_decoding(self, **options) -> None:
+        """Decode a fine-tuned seq2seq model's predictions and evaluation with these
+        settings instead of the ones it was fine-tuned with (task.json): any of num_beams,
+        length_penalty, no_repeat_ngram_size, max_new_tokens; None keeps the setting.
+        Checked as GenerationConfig checks them, before anything is set."""
+        from zerolm.tasks.seq2seq import GENERATION_KEYS
+
+        options = {k: v for k, v in options.items() if v is not None}
+        if not options:
+            return
+        unknown = sorted(set(options) - set(GENERATION_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown decoding setting {unknown[0]!r}; known: {', '.join(GENERATION_KEYS)}")
+        if self.meta.get("task") != "seq2seq" or not hasattr(self.task, "generation_config"):
+            raise ConfigError(f"{self.source}: {', '.join(options)}: decoding settings of a fine-tuned "
+                              f"sequence-to-sequence model; this is {self.kind}")
+        if options.get("max_new_tokens") == 0:
+            raise ConfigError("max_new_tokens must be >= 1 (0 would write empty targets)")
+        self.task.generation_config(**options)  # raises a ConfigError on a bad value; nothing set yet
+        for k, v in options.items():
+            setattr(self.task, k, v)
+
+    def generate(self, prompts, **options) -> list[str]:
+        """The text each prompt continues with (a causal LM), or the target an
+        encoder-decoder writes for each source; options are GenerationConfig's fields.
+        A fine-tuned seq2seq model decodes as it was fine-tuned (greedy or its beams, its
+        maximum target length) where the options say nothing else, and samples when they
+        set temperature, top_k or top_p; a pretrained encoder-decoder and a causal LM start
+        from GenerationConfig's defaults."""
+        from zerolm.generate import GenerationConfig, generate_seq2seq_texts, generate_texts
+        from zerolm.models import family
+
+        if self.is_seq2seq:
+            if self.tokenizer is None:
+                raise ConfigError(f"{self.source}: no tokenizer beside the weights")
+            fine_tuned = hasattr(self.task, "generation_config")
+            if fine_tuned:
+                sampling = any(k in options for k in ("temperature", "top_k", "top_p"))
+                cfg = self.task.generation_config(**{"greedy": not sampling, **options})
+            else:
+                cfg = GenerationConfig(**options)
+            room = self.task.max_length if fine_tuned else self.model.config.max_seq_len
+            return generate_seq2seq_texts(self.model, self.tokenizer, [prompts] if isinstance(prompts, str)
+                                          else list(prompts), cfg, max_source_length=room)
         if family(self.model.config).objective != "clm" or not hasattr(self.model, "lm_head"):
-            raise ConfigError(f"{self.source}: generation needs a causal LM (family gpt), this is a "
-                              f"{type(self.model).__name__} ({self.model.config.family})")
+            raise ConfigError(f"{self.source}: generation needs a causal LM (family gpt) or an encoder-decoder "
+                              f"(family t5), this is a {type(self.model).__name__} ({self.model.config.family})")
         if self.tokenizer is None:
             raise ConfigError(f"{self.source}: no tokenizer beside the weights")
-        single = isinstance(prompts, str)
-        out = generate_texts(self.model, self.tokenizer, [prompts] if single else list(prompts),
-                             GenerationConfig(**options))
-        return out
+        cfg = GenerationConfig(**options)
+        if cfg.num_beams > 1:
+            raise ConfigError(f"{self.source}: num_beams {cfg.num_beams}: beam search is implemented for "
+                              f"encoder-decoders (family t5) only; this causal LM ({self.model.config.family}) "
+                              "decodes greedily or by sampling (num_beams 1)")
+        return generate_texts(self.model, self.tokenizer, [prompts] if isinstance(prompts, str) else list(prompts),
+                              cfg)
 
 
 def is_hf_model_dir(directory: Path) -> bool:

@@ -91,6 +91,14 @@ def test_the_translation_learns_the_phrase_book(tmp_path):
     enc = hf_tok(sources, return_tensors="pt", padding=True)
     theirs = hf_tok.batch_decode(hf.generate(**enc, max_new_tokens=32, do_sample=False), skip_special_tokens=True)
     assert theirs == [p["target"] for p in zerolm.load(result.out_dir / "best").predict(sources)]
+    # compression: shape-changing methods are refused before anything is written, int8 works
+    for method in (["prune-heads", "--fraction", "0.25"], ["low-rank", "--rank", "4"]):
+        assert main(["compress", str(result.out_dir / "best"), "--method", *method,
+                     "--out", str(tmp_path / method[0])]) == 2
+        assert not (tmp_path / method[0]).exists()
+    assert main(["compress", str(result.out_dir / "best"), "--method", "int8-dynamic",
+                 "--out", str(tmp_path / "int8")]) == 0
+    assert isinstance(zerolm.load(tmp_path / "int8").predict(sources)[0]["target"], str)
 
 
 @pytest.mark.parametrize("strategy", ["lora", "adapter", "freeze"])

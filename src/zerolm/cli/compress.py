@@ -234,6 +234,10 @@ def run(args) -> int:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     pred = zerolm.load(args.model)
     model = pred.model
+    if model.config.family == "t5" and args.method in ("prune-heads", "prune-ffn", "low-rank"):
+        raise ConfigError(f"{args.model}: --method {args.method} changes per-block shapes, which the t5 "
+                          "family does not describe yet (its decoder blocks and shared position bias); "
+                          "use int8-dynamic, int8-weight or magnitude")
     params_before, bytes_before = count_parameters(model), weight_bytes(resolve_model_path(args.model))
     if opts is not None and not pred.meta:
         raise ConfigError(f"{args.model}: --recover trains on the task's labelled data, and this model has no task "

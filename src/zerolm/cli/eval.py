@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+from zerolm.cli.generate import add_seq2seq_decoding_options
 from zerolm.cli.main import add_verb
 
 
@@ -17,12 +18,15 @@ def register(sub) -> None:
     p = add_verb(sub, "eval", "evaluate a model on a file: a fine-tuned model's report on labelled "
                  "data, or a language model's perplexity / masked-LM accuracy on text",
                  "zerolm eval runs/sst2_minilm/best --input sst2/dev.tsv --out runs/sst2_eval\n"
+                 "  zerolm eval runs/multi30k_t5/best --input multi30k/dev.tsv --num-beams 4 --length-penalty 0.6\n"
                  "  zerolm eval runs/char_gpt_shakespeare/final --input tinyshakespeare/input.txt --block-size 64",
                  description="Evaluate a model on a file. A fine-tuned model (task.json beside the "
                              "weights) is scored on a labelled file in the format it was trained on: "
                              "classification prints accuracy, per-class precision / recall / F1 and "
                              "averages (and writes confusion.png with --out); tagging prints entity "
-                             "precision / recall / F1 per type. A pretrained language model gets "
+                             "precision / recall / F1 per type; sequence-to-sequence prints target "
+                             "loss, BLEU and ROUGE of the targets it writes (decoded as fine-tuned, or "
+                             "as the decoding options say). A pretrained language model gets "
                              "perplexity (causal LM) or masked-LM accuracy (BERT) on text files.")
     p.add_argument("model", help="model directory: a fine-tuned run's best/ or final/ (or the run "
                    "directory), a zerolm or Hugging Face model directory")
@@ -33,7 +37,8 @@ def register(sub) -> None:
                    help="write the report (eval.json) and its plots into this directory")
     p.add_argument("--json", action="store_true",
                    help="print the headline figures as one JSON line (accuracy, macro_f1; or f1, "
-                        "precision, recall for tagging; or the language-model metrics)")
+                        "precision, recall for tagging; bleu, rouge and the decoding used for "
+                        "seq2seq; or the language-model metrics)")
     p.add_argument("--block-size", type=int, default=None,
                    help="language model: tokens per window (default: the model's maximum)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -42,6 +47,7 @@ def register(sub) -> None:
                    help="language model: stop after this many batches (0: all)")
     p.add_argument("--seed", type=int, default=1337, help="masking seed (masked LM)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_seq2seq_decoding_options(p)
     p.set_defaults(func=run)
 
 
@@ -49,14 +55,18 @@ def register(sub) -> None:
 HEADLINE = {"classify": ("accuracy", "macro_f1", "weighted_f1", "loss"),
             "tag": ("f1", "precision", "recall", "accuracy", "loss"),
             "clm": ("loss", "perplexity", "tokens"),
+            "seq2seq": ("bleu", "rouge1", "rouge2", "rougeL", "loss", "perplexity", "decoding"),
             "intent_slots": ("frame_accuracy", "intent_accuracy", "slot_f1", "slot_precision", "slot_recall",
                              "loss")}
 
 
 def run(args) -> int:
+    from zerolm.cli.generate import apply_seq2seq_decoding, seq2seq_decoding
     from zerolm.loading import load
 
+    decoding = seq2seq_decoding(args)
     pred = load(args.model, device=args.device)
+    apply_seq2seq_decoding(args, pred, decoding)
     if pred.meta:
         return _run_finetuned(args, pred)
     return _run_lm(args, pred)
@@ -82,6 +92,8 @@ def _run_finetuned(args, pred) -> int:
         print(json.dumps({k: report[k] for k in keys if k in report}))
     else:
         print(pred.task.format_report(report))
+        if "decoding" in report:
+            print("decoding: " + ", ".join(f"{k} {v}" for k, v in report["decoding"].items()))
         if args.out:
             print(f"report: {Path(args.out) / 'eval.json'}   plots: {args.out}/*.png")
     return 0
