@@ -86,8 +86,7 @@ def dev_bleu(model_dir: Path, **decoding) -> dict:
     import zerolm
 
     pred = zerolm.load(model_dir)
-    for k, v in decoding.items():
-        setattr(pred.task, k, v)
+    pred.set_decoding(**decoding)
     t = time.perf_counter()
     report = pred.evaluate(DEV, batch_size=64)
     report["eval_s"] = time.perf_counter() - t
