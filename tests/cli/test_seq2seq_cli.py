@@ -139,6 +139,11 @@ def test_pretrained_t5_generates_and_a_causal_lm_refuses_beam_search(tmp_path, c
     assert main(["generate", str(tmp_path / "t5" / "final"), "--prompt", "the river", "--greedy",
                  "--max-new-tokens", "4", "--no-repeat-ngram-size", "2", "--min-new-tokens", "2"]) == 0
     assert capsys.readouterr().out.endswith("\n")
+    # its pretraining objective on any text: span corruption as pretraining saw it
+    assert main(["eval", str(tmp_path / "t5" / "final"), "--input", "pkg:quickstart/corpus.txt",
+                 "--block-size", "32", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["loss"] > 0 and 0 <= scores["accuracy"] <= 1 and scores["tokens"] > 1000
 
     assert main(["pretrain", str(TINY / "gpt_char.yaml"), f"out_dir={tmp_path / 'gpt'}", "train.max_steps=1",
                  "train.eval_every=0", "train.progress=false"]) == 0

@@ -124,6 +124,11 @@ def _run_lm(args, pred) -> int:
     task = OBJECTIVES[objective]()
     if objective == "clm":  # windows of the token stream
         data = CausalLMBatches(corpus.flat(), block, bs, args.seed)
+    elif objective == "span":  # T5's span corruption, as pretraining saw it (defaults: 15%, spans of 3)
+        from zerolm.data.spans import SpanCorruptionBatches
+
+        data = SpanCorruptionBatches(corpus.flat(), tok, input_length=args.block_size or 128, batch_size=bs,
+                                     seed=args.seed)
     else:  # masked blocks
         data = MaskedLMBatches(corpus, tok, TaskConfig(name="mlm", sentence_objective="none"), block, bs,
                                args.seed)
