@@ -112,6 +112,13 @@ def test_strategies_that_apply_to_an_encoder_decoder(tmp_path, strategy):
     assert isinstance(pred.predict(["A man is eating in the snow."])[0]["target"], str)
 
 
+def test_a_strategy_that_leaves_nothing_to_train_says_so(tmp_path):
+    cfg = load_config(TINY / "seq2seq_translate.yaml", [f"out_dir={tmp_path / 'run'}", "strategy.name=head_only",
+                                                         "model.tie_embeddings=true"], cls=FinetuneConfig)
+    with pytest.raises(ConfigError, match="head_only' leaves no parameter to train.*tie_embeddings"):
+        finetune(cfg)
+
+
 def test_seq2seq_settings_are_checked_before_any_work(tmp_path):
     base = [f"out_dir={tmp_path / 'x'}"]
     with pytest.raises(ConfigError, match="task.num_beams must be an integer >= 1"):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from zerolm.config import FreezeConfig, StrategyConfig, build_section, upgrade_strategy_keys
+from zerolm.errors import ConfigError
 from zerolm.peft.adapter import AdapterStrategy
 from zerolm.peft.base import Strategy
 from zerolm.peft.lora import LoraStrategy
@@ -155,9 +156,10 @@ def apply_strategy(model: nn.Module, strategy, *, head_names: Sequence[str] = HE
 
     summary = {"strategy": strategy.name, **trainable_summary(model)}
     if summary["trainable"] == 0:
-        raise ValueError(f"strategy {strategy.name!r} leaves no parameter to train: no module named "
-                         f"{list(head_names)} owns an untied parameter; pass head_names= the "
-                         "model's head, or untie it from the embedding")
+        raise ConfigError(f"strategy {strategy.name!r} leaves no parameter to train: no module named "
+                          f"{list(head_names)} owns an untied parameter (and bitfit finds no biases); "
+                          "pass head_names= the model's head, untie it from the embedding "
+                          "(model.tie_embeddings: false), or choose another strategy")
     log.log(logging.DEBUG if quiet else logging.INFO, "fine-tuning strategy %s: %s of %s parameters train "
             "(%.3g%%)", strategy.name, f"{summary['trainable']:,}", f"{summary['total']:,}", summary["percent"])
     return summary
