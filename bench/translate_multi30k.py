@@ -56,7 +56,7 @@ def ended(run: Path) -> bool:
 def finetuned(out: Path, overrides: list[str]) -> dict:
     """Fine-tune once (a finished run in `out` is reused, an unfinished one resumed);
     its eval.json."""
-    if not ended(out):
+    if not (ended(out) and (out / "eval.json").exists()):
         cfg = load_config(TRANSLATE, [f"out_dir={out}", "train.progress=false", *overrides], cls=FinetuneConfig)
         t = time.time()
         finetune(cfg, resume=(out / "checkpoints").is_dir())

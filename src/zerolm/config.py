@@ -143,6 +143,10 @@ class RunConfig:
             raise ConfigError("task.name 'clm' needs model.family 'gpt'")
         if t.name == "mlm" and m.family != "bert":
             raise ConfigError("task.name 'mlm' needs model.family 'bert'")
+        if t.name == "span" and m.family != "t5":
+            raise ConfigError("task.name 'span' (span corruption) needs model.family 't5'")
+        if m.family == "t5" and t.name != "span":
+            raise ConfigError(f"model.family 't5' pretrains with task.name 'span', got {t.name!r}")
         if t.sentence_objective != "none" and not m.sentence_head:
             raise ConfigError(f"task.sentence_objective '{t.sentence_objective}' needs model.sentence_head: true")
         if not 0 < t.mlm_probability < 1 or t.mask_replace + t.random_replace > 1:

@@ -178,7 +178,7 @@ def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
         if eos_id is not None and n < cfg.min_new_tokens:
             logits[:, eos_id] = float("-inf")
         if cfg.no_repeat_ngram_size:  # over the prompt and what follows it, as Hugging Face's
-            real = [row[m.bool()].tolist() for row, m in zip(rows_ids, rows_mask)]
+            real = [[t for t, m in zip(row, ms) if m] for row, ms in zip(rows_ids.tolist(), rows_mask.tolist())]
             logits = _ban_repeats(logits, real, cfg.no_repeat_ngram_size)
         seen = None
         if cfg.repetition_penalty != 1.0:
@@ -430,7 +430,9 @@ def _beam_search(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> tor
         if not keep_src:
             break
         sel = torch.tensor(next_rows, device=device)
-        cache.reorder(sel)
+        cache.self_kv.reorder(sel)
+        if len(keep_src) < N:  # a source left: its beams' source keys and values go too
+            cache.reorder_memory(torch.tensor([j * K + r for j in keep_src for r in range(K)], device=device))
         seqs = torch.cat([seqs[sel], torch.tensor(next_tokens, device=device)[:, None]], dim=1)
         scores = torch.tensor(next_scores, device=device)
         live = live[torch.tensor(keep_src, device=device)]

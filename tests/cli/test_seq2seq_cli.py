@@ -89,9 +89,13 @@ def test_generate_cli_prints_the_target_alone(translator, capsys):
     capsys.readouterr()
     assert main(["generate", str(translator), "--prompt", SOURCE, "--num-beams", "2"]) == 0
     out = capsys.readouterr().out
-    assert out == zerolm.load(translator).generate([SOURCE], num_beams=2, max_new_tokens=200)[0] + "\n"
-    # sampled by default (temperature 0.8): a seed makes it reproducible
-    argv = ["generate", str(translator), "--prompt", SOURCE, "--seed", "3", "--max-new-tokens", "8"]
+    assert out == zerolm.load(translator).generate([SOURCE], num_beams=2)[0] + "\n"
+    # with no option, as it was fine-tuned (greedy, its target length): what predict writes
+    assert main(["generate", str(translator), "--prompt", SOURCE]) == 0
+    assert capsys.readouterr().out == zerolm.load(translator).predict([SOURCE])[0]["target"] + "\n"
+    # sampled with a temperature: a seed makes it reproducible
+    argv = ["generate", str(translator), "--prompt", SOURCE, "--seed", "3", "--max-new-tokens", "8",
+            "--temperature", "0.8"]
     assert main(argv) == 0 and main(argv) == 0
     first, second = capsys.readouterr().out.splitlines()
     assert first == second
@@ -156,3 +160,10 @@ def test_pretrained_t5_generates_and_a_causal_lm_refuses_beam_search(tmp_path, c
     assert "--max-new-tokens" in capsys.readouterr().err
     assert main(["generate", gpt, "--prompt", "To", "--max-new-tokens", "3", "--greedy"]) == 0
     assert capsys.readouterr().out.startswith("To")  # a causal LM goes on from its prompt
+
+
+def test_the_cli_decoding_options_are_the_tasks():
+    from zerolm.cli.generate import SEQ2SEQ_DECODING
+    from zerolm.tasks.seq2seq import GENERATION_KEYS
+
+    assert SEQ2SEQ_DECODING == GENERATION_KEYS

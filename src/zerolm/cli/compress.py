@@ -10,7 +10,8 @@ from zerolm.cli.main import add_verb
 METHODS = ("prune-heads", "prune-ffn", "low-rank", "magnitude", "int8-weight", "int8-dynamic", "prune-vocab")
 IMPORTANCE = ("weight_norm", "gradient")
 QUANT = ("int8-weight", "int8-dynamic")
-FACTORISABLE = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc_in", "mlp.fc_out")
+FACTORISABLE = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc_in", "mlp.fc_gate",
+                "mlp.fc_out")
 
 
 def register(sub) -> None:

@@ -12,7 +12,13 @@ import sys
 from zerolm.cli.main import add_verb
 
 # the settings of a fine-tuned seq2seq model (task.json) that `predict` and `eval` override
+# (tasks.seq2seq.GENERATION_KEYS, spelled out so that the CLI starts without torch; a test keeps them equal)
 SEQ2SEQ_DECODING = ("num_beams", "length_penalty", "no_repeat_ngram_size", "max_new_tokens")
+
+# what `zerolm generate` samples with where the command line says nothing (a fine-tuned
+# seq2seq model decodes as it was fine-tuned instead)
+DEFAULTS = {"max_new_tokens": 200, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+            "num_beams": 1, "length_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0}
 
 
 def register(sub) -> None:
@@ -34,16 +40,16 @@ def register(sub) -> None:
     p.add_argument("--prompt", action="append", default=None,
                    help="text to continue, or an encoder-decoder's source (repeatable: the prompts run "
                         "as one batch; default: start of text)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per sample "
-                   "(default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8,
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate per sample "
+                   "(default: 200; a fine-tuned seq2seq model: its own)")
+    p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature, >= 0: below 1 sharpens, above 1 flattens, 0 is greedy "
                         "(default: 0.8)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0,
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling: the smallest set of tokens holding this probability, in "
                         "(0, 1] (1: all)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
+    p.add_argument("--repetition-penalty", type=float, default=None,
                    help="> 1 discourages tokens already in the text (CTRL; 1: none)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--stop", action="append", default=[],
@@ -53,15 +59,15 @@ def register(sub) -> None:
     p.add_argument("--no-cache", action="store_true",
                    help="causal LM: recompute all positions each step instead of using the KV cache "
                         "(slower; for checking)")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0, metavar="N",
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
                    help="never repeat an n-gram of N tokens (default: 0, off)")
-    p.add_argument("--min-new-tokens", type=int, default=0, metavar="N",
+    p.add_argument("--min-new-tokens", type=int, default=None, metavar="N",
                    help="no end of text before N new tokens (default: 0)")
     g = p.add_argument_group("beam search (encoder-decoders, family t5)")
-    g.add_argument("--num-beams", type=int, default=1, metavar="N",
+    g.add_argument("--num-beams", type=int, default=None, metavar="N",
                    help="beam search with N beams (the sampling options then do not apply; default: 1, "
                         "no beam search; a causal LM refuses more)")
-    g.add_argument("--length-penalty", type=float, default=1.0, metavar="X",
+    g.add_argument("--length-penalty", type=float, default=None, metavar="X",
                    help="beam search: a target scores log p / length ** X (> 0 favours longer ones; "
                         "default: 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -75,17 +81,20 @@ def run(args) -> int:
 
     if args.num_samples < 1:
         raise ZeroLMError(f"--num-samples must be >= 1, got {args.num_samples}")
-    cfg_args = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, greedy=args.greedy,
-                    stop=args.stop, use_cache=not args.no_cache, num_beams=args.num_beams,
-                    length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                    min_new_tokens=args.min_new_tokens)
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+    if args.greedy:
+        given["greedy"] = True
+    if args.stop:
+        given["stop"] = args.stop
+    cfg_args = {**DEFAULTS, **given, "use_cache": not args.no_cache}
     check_options({**cfg_args, "seed": args.seed})
     GenerationConfig(**cfg_args, seed=args.seed)  # every option checked before the model loads
     pred = load(args.model, device=args.device)  # .generate says what is wrong with a non-LM
     if pred.is_seq2seq and not args.prompt:
         raise ZeroLMError(f"{args.model} is an encoder-decoder: it writes a target for a source; give the "
                           "source with --prompt")
+    if pred.is_seq2seq and pred.meta.get("task") == "seq2seq":
+        cfg_args = given  # decoded as fine-tuned (task.json) but for what the command line says
     prompts = args.prompt or [""]
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i

@@ -90,6 +90,9 @@ def block_linears(model: nn.Module, targets: Sequence[str] = FACTORISABLE
         raise ConfigError(f"unknown linear(s) {unknown}; the linears of a block are {', '.join(FACTORISABLE)}")
     for i, block in enumerate(blocks(model)):
         for name in targets:
+            parent, _, leaf = name.rpartition(".")
+            if getattr(block.get_submodule(parent), leaf, None) is None:
+                continue  # a plain feed-forward has no fc_gate
             yield i, name, block.get_submodule(name)
 
 

@@ -91,9 +91,11 @@ class ModelConfig:
                              f"{self.n_layers}: give one per layer (or none)")
         if self.position not in ("learned", "sinusoidal"):
             raise ValueError(f"model.position must be 'learned' or 'sinusoidal', got {self.position!r}")
-        if self.rel_buckets < 2 or self.rel_max_distance < 2:
-            raise ValueError(f"model.rel_buckets and model.rel_max_distance must be >= 2, got "
-                             f"{self.rel_buckets} and {self.rel_max_distance}")
+        if self.rel_buckets < 4 or self.rel_max_distance <= self.rel_buckets // 2:
+            raise ValueError(f"model.rel_buckets must be >= 4 and model.rel_max_distance > rel_buckets // 2 "
+                             f"(T5: 32 and 128), got {self.rel_buckets} and {self.rel_max_distance}")
+        if self.family == "t5" and self.bias:
+            raise ValueError("model.bias: the t5 family has no biases (as T5's checkpoints); set model.bias: false")
         if self.n_decoder_layers < 0:
             raise ValueError(f"model.n_decoder_layers must be >= 0 (0: n_layers), got {self.n_decoder_layers}")
         if self.activation not in ("gelu", "gelu_tanh", "relu"):

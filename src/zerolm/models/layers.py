@@ -105,9 +105,18 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, H, S, Dh)
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows, in this order (rows that finished leave the batch)."""
-        self.k = [k[rows] for k in self.k]
-        self.v = [v[rows] for v in self.v]
+        """Keep only these batch rows, in this order (rows that finished leave the batch; a
+        beam search repeats the rows of the beams it goes on with). Only the filled
+        positions are copied, into the buffers' first rows when they fit."""
+        n, L = len(rows), self.length
+        for caches in (self.k, self.v):
+            for i, buf in enumerate(caches):
+                picked = buf[:, :, :L].index_select(0, rows)  # (n, H, L, Dh): a copy
+                if n > buf.shape[0]:
+                    buf = buf.new_zeros((n, *buf.shape[1:]))
+                buf = buf[:n]
+                buf[:, :, :L] = picked
+                caches[i] = buf
 
 
 class MultiHeadAttention(nn.Module):

@@ -157,7 +157,13 @@ class Seq2SeqCache:
         return self.self_kv.length
 
     def reorder(self, rows: torch.Tensor) -> None:
+        """Keep (or repeat) these rows of both caches."""
         self.self_kv.reorder(rows)
+        self.reorder_memory(rows)
+
+    def reorder_memory(self, rows: torch.Tensor) -> None:
+        """Keep these rows of the source's keys and values only (a beam search changes them
+        only when a source leaves: every beam of a source reads the same source)."""
         if self.memory is not None:
             self.memory = [(k[rows], v[rows]) for k, v in self.memory]
         if self.memory_mask is not None:
@@ -378,18 +384,21 @@ class Seq2SeqLM(nn.Module):
             encoder_states = self.encode(input_ids, attention_mask, **body_kwargs)
         h = self.body.decode(decoder_input_ids, encoder_states, attention_mask,
                              attention_mask=decoder_attention_mask, cache=cache)  # (B, T, D)
-        if self.config.tie_embeddings:
-            h = h * self.config.d_model ** -0.5  # T5 rescales before a head tied to the embeddings
         if labels is None:
-            return self.lm_head(h)
+            return self.head(h)
         if label_smoothing > 0:  # needs every logit: the (B T, V) logits are formed
-            return F.cross_entropy(self.lm_head(h).flatten(0, 1).float(), labels.flatten(),
+            return F.cross_entropy(self.head(h).flatten(0, 1).float(), labels.flatten(),
                                    ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
-        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, labels.flatten(), IGNORE_INDEX)
+        return linear_cross_entropy(self._head_input(h).flatten(0, 1), self.lm_head.weight, labels.flatten(),
+                                    IGNORE_INDEX)
+
+    def _head_input(self, h: torch.Tensor) -> torch.Tensor:
+        # T5 rescales the states before a head tied to the embeddings (std-1 rows)
+        return h * self.config.d_model ** -0.5 if self.config.tie_embeddings else h
 
     def head(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits (B, T, V) from decoder states (B, T, D)."""
-        return self.lm_head(h * self.config.d_model ** -0.5 if self.config.tie_embeddings else h)
+        return self.lm_head(self._head_input(h))
 
     def new_cache(self, batch: int, max_len: int | None = None) -> Seq2SeqCache:
         return self.body.new_cache(batch, max_len)

@@ -63,7 +63,7 @@ class Seq2SeqTask(TaskDefaults, TargetLossTask):
     @torch.no_grad()
     def evaluate(self, model, batches) -> dict[str, Any]:
         """Target loss and perplexity over every batch; BLEU and ROUGE of the targets
-        generated for the first `eval_generate` examples (all with -1)."""
+        generated for the first `eval_generate` examples of the file (all with -1)."""
         from zerolm.eval.overlap import corpus_bleu, rouge
 
         device = device_of(model)
@@ -73,11 +73,15 @@ class Seq2SeqTask(TaskDefaults, TargetLossTask):
             batch = to_device(batch, device)
             t, n, r = self.target_loss(model, batch)
             total, count, right = total + t, count + n, right + r
-            room = self.eval_generate - len(hyps) if self.eval_generate >= 0 else len(batch["input_ids"])
-            if room > 0 and "references" in batch:
-                part = {k: batch[k][:room] for k in ("input_ids", "attention_mask")}
+            if "references" not in batch or self.eval_generate == 0:
+                continue
+            # the first eval_generate examples of the file (batches come longest first)
+            pick = (torch.arange(len(batch["input_ids"])) if self.eval_generate < 0 or "index" not in batch
+                    else (batch["index"].cpu() < self.eval_generate).nonzero().squeeze(1))
+            if len(pick):
+                part = {k: batch[k][pick.to(batch[k].device)] for k in ("input_ids", "attention_mask")}
                 hyps += self.generate(model, part)
-                refs += batch["references"][:room]
+                refs += [batch["references"][i] for i in pick.tolist()]
         import math
 
         loss = total / max(count, 1)
