@@ -40,7 +40,8 @@ def register(sub) -> None:
                         "precision, recall for tagging; bleu, rouge and the decoding used for "
                         "seq2seq; or the language-model metrics)")
     p.add_argument("--block-size", type=int, default=None,
-                   help="language model: tokens per window (default: the model's maximum)")
+                   help="language model: tokens per window (default: the model's maximum; a T5: the "
+                        "encoder length its span-corruption pretraining used, else 128)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="examples (or windows) per batch (default: 32 for fine-tuned models, 16 for LMs)")
     p.add_argument("--max-batches", type=int, default=0,
@@ -124,11 +125,15 @@ def _run_lm(args, pred) -> int:
     task = OBJECTIVES[objective]()
     if objective == "clm":  # windows of the token stream
         data = CausalLMBatches(corpus.flat(), block, bs, args.seed)
-    elif objective == "span":  # T5's span corruption, as pretraining saw it (defaults: 15%, spans of 3)
+    elif objective == "span":  # T5's span corruption, as the model's pretraining run saw it
         from zerolm.data.spans import SpanCorruptionBatches
 
-        data = SpanCorruptionBatches(corpus.flat(), tok, input_length=args.block_size or 128, batch_size=bs,
-                                     seed=args.seed)
+        run = _saved_run_config(resolve_model_path(args.model))
+        task_cfg = run.get("task") or {}
+        data = SpanCorruptionBatches(
+            corpus.flat(), tok, input_length=args.block_size or (run.get("data") or {}).get("block_size", 128),
+            batch_size=bs, seed=args.seed, noise_density=task_cfg.get("noise_density", 0.15),
+            mean_span_length=task_cfg.get("mean_span_length", 3.0))
     else:  # masked blocks
         data = MaskedLMBatches(corpus, tok, TaskConfig(name="mlm", sentence_objective="none"), block, bs,
                                args.seed)
@@ -140,3 +145,14 @@ def _run_lm(args, pred) -> int:
         for k, v in metrics.items():
             print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     return 0
+
+
+def _saved_run_config(directory) -> dict:
+    """The run config saved beside a pretrained model (config.yaml), or {}."""
+    import yaml
+
+    path = directory / "config.yaml"
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.exists() else {}
+    except (OSError, yaml.YAMLError):
+        return {}
