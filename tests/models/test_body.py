@@ -216,8 +216,12 @@ def test_layer_shapes_are_validated():
         ModelConfig(family="bert", **{**TINY, "layers": SHAPES})  # 4 shapes, 2 layers
     with pytest.raises(ValueError, match="factorisable"):
         LayerShape(ranks={"attn.qproj": 4})
-    with pytest.raises(ValueError, match="known: bert, gpt"):
-        ModelConfig(family="t5")
+    with pytest.raises(ValueError, match="known: bert, gpt, t5"):
+        ModelConfig(family="bart")
+    with pytest.raises(ValueError, match="the t5 family has no biases"):
+        ModelConfig(family="t5")  # model.bias defaults to true
+    with pytest.raises(ValueError, match="rel_max_distance > rel_buckets // 2"):
+        ModelConfig(family="t5", bias=False, rel_buckets=32, rel_max_distance=8)
     assert ModelConfig.from_dict(per_layer_config("gpt").to_dict()) == per_layer_config("gpt")
 
 

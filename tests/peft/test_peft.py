@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from zerolm.errors import ConfigError
 from zerolm.models import GPT, Bert, BertForPreTraining, ModelConfig, build_model
 from zerolm.peft import (
     STRATEGIES,
@@ -213,7 +214,7 @@ def bert_with_all_heads() -> nn.Module:
 def test_one_step_moves_exactly_the_trainable_parameters(make, strategy):
     model = make()
     if strategy == "head_only" and model.config.tie_embeddings and model.config.family == "gpt":
-        with pytest.raises(ValueError, match="no parameter to train"):
+        with pytest.raises(ConfigError, match="no parameter to train"):
             apply_strategy(model, strategy)
         return
     summary = apply_strategy(model, strategy, freeze_layers=1, lora_rank=2, adapter_size=3,
