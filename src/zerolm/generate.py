@@ -112,6 +112,26 @@ def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig, seen: torch.Tens
     return logits
 
 
+def _next_tokens(logits: torch.Tensor, cfg: GenerationConfig, n: int, eos_id: int | None,
+                 gen: torch.Generator, seqs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The next token (B,) of each row from its logits (B, V), after the rules of `cfg`:
+    no end-of-text before min_new_tokens (this is new token `n`), no repeated n-gram and
+    the repetition penalty over each row's text so far `seqs` (B, T) where `mask` is 1,
+    then greedy or sampled."""
+    if eos_id is not None and n < cfg.min_new_tokens:
+        logits[:, eos_id] = float("-inf")
+    if cfg.no_repeat_ngram_size:
+        real = [[t for t, m in zip(row, ms) if m] for row, ms in zip(seqs.tolist(), mask.tolist())]
+        logits = _ban_repeats(logits, real, cfg.no_repeat_ngram_size)
+    seen = None
+    if cfg.repetition_penalty != 1.0:
+        seen = torch.zeros_like(logits).scatter_reduce(1, seqs, mask.float(), "amax").bool()
+    logits = _filter_logits(logits, cfg, seen)
+    if cfg.is_greedy:
+        return logits.argmax(dim=-1)
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen).squeeze(1)
+
+
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """(B, T) position of each token among its row's real tokens (padding: 0)."""
     return (mask.cumsum(1) - 1).clamp(min=0)
@@ -174,20 +194,8 @@ def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
             cache_mask = torch.cat([cache_mask, cache_mask.new_ones(len(active), 1)], dim=1)
             pos = cache_mask.sum(1, keepdim=True) - 1  # (B, 1)
             logits = model(rows_ids[:, -1:], attention_mask=cache_mask, position_ids=pos, cache=cache)[:, -1]
-        logits = logits.float()  # (B, V)
-        if eos_id is not None and n < cfg.min_new_tokens:
-            logits[:, eos_id] = float("-inf")
-        if cfg.no_repeat_ngram_size:  # over the prompt and what follows it, as Hugging Face's
-            real = [[t for t, m in zip(row, ms) if m] for row, ms in zip(rows_ids.tolist(), rows_mask.tolist())]
-            logits = _ban_repeats(logits, real, cfg.no_repeat_ngram_size)
-        seen = None
-        if cfg.repetition_penalty != 1.0:
-            seen = torch.zeros_like(logits).scatter_reduce(1, rows_ids, rows_mask.float(), "amax").bool()
-        logits = _filter_logits(logits, cfg, seen)
-        if cfg.is_greedy:
-            nxt = logits.argmax(dim=-1)
-        else:
-            nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen).squeeze(1)
+        # the prompt and what follows it count for repeats, as in Hugging Face
+        nxt = _next_tokens(logits.float(), cfg, n, eos_id, gen, rows_ids, rows_mask)
         out[active, n] = nxt
         new_col = torch.full((B, 1), pad_id, dtype=torch.long, device=device)
         new_col[active, 0] = nxt
@@ -326,18 +334,7 @@ def _sample_seq2seq(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> 
             first = False
         else:
             logits = model(decoder_input_ids=seqs[:, -1:], cache=cache)[:, -1].float()  # (N, V)
-        if eos_id is not None and n < cfg.min_new_tokens:
-            logits[:, eos_id] = float("-inf")
-        if cfg.no_repeat_ngram_size:
-            logits = _ban_repeats(logits, seqs[:, 1:].tolist(), cfg.no_repeat_ngram_size)
-        seen = None
-        if cfg.repetition_penalty != 1.0:
-            seen = torch.zeros_like(logits).scatter_(1, seqs, 1.0).bool()
-        logits = _filter_logits(logits, cfg, seen)
-        if cfg.is_greedy:
-            nxt = logits.argmax(dim=-1)
-        else:
-            nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen).squeeze(1)
+        nxt = _next_tokens(logits, cfg, n, eos_id, gen, seqs[:, 1:], torch.ones_like(seqs[:, 1:]))
         out[active, n] = nxt
         seqs = torch.cat([seqs, nxt[:, None]], dim=1)
         done = (nxt == eos_id) if (eos_id is not None and cfg.stop_at_eos) else torch.zeros_like(nxt, dtype=torch.bool)

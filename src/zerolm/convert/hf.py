@@ -361,14 +361,6 @@ def _t5_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.
     return out
 
 
-def _check_t5_export(cfg: ModelConfig) -> None:
-    if cfg.bias:
-        raise CheckpointError(
-            "this t5 model has biases in its linears (model.bias: true), which Hugging Face's T5 has "
-            "no place for; train T5 models with model.bias=false, or keep this one as a zerolm model "
-            "directory")
-
-
 # ---------------------------------------------------------------- load / export
 
 
@@ -471,9 +463,7 @@ def export_hf(model, directory: str | os.PathLike, tokenizer=None) -> Path:
     from zerolm.atomic import AtomicDir
 
     cfg: ModelConfig = model.config
-    if cfg.family == "t5":
-        _check_t5_export(cfg)
-    elif not cfg.uniform:
+    if cfg.family != "t5" and not cfg.uniform:  # (a t5 config has no per-block shapes, nor biases)
         raise CheckpointError(
             "this model has per-layer shapes (pruned heads or feed-forward neurons, a head size "
             "other than d_model / n_heads, or factorised linears), which Hugging Face's BERT and "

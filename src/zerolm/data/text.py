@@ -176,3 +176,26 @@ def iter_records(path: str | os.PathLike, *, text_column: str | Sequence[str] = 
             if col not in row:
                 raise DataError(f"{path}:{lineno}: no column {col!r} (columns: {', '.join(row)})")
             yield lineno, row[col] + end
+
+
+def read_column_or_lines(path: str | os.PathLike, column: str, *, unescape_newlines: bool = False,
+                         what: str = "inputs") -> tuple[list[str], list[dict[str, Any]]]:
+    """Texts to generate from: a table's `column` (every column of each row kept, for the
+    predictions file) or one per non-blank line of text (with `unescape_newlines`, a
+    written \\n is a line break). Returns (texts, rows)."""
+    p = resolve_data_path(path)
+    texts, rows = [], []
+    if is_table(p):
+        for lineno, row in iter_rows(p, raw=True):
+            if column not in row:
+                raise DataError(f"{p}:{lineno}: no field {column!r} (fields: {', '.join(row)})")
+            texts.append("" if row[column] is None else str(row[column]))
+            rows.append(dict(row))
+    else:
+        for _, line in iter_lines(p):
+            if line.strip():
+                texts.append(line.replace("\\n", "\n") if unescape_newlines else line)
+                rows.append({column: texts[-1]})
+    if not texts:
+        raise DataError(f"{p}: no {what}")
+    return texts, rows

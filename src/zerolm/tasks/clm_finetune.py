@@ -69,25 +69,9 @@ class CompletionTask(TaskDefaults, CausalLMTask):
     def read_inputs(self, path):
         """Prompts from a table's prompt column (JSONL / TSV / CSV; every column kept) or one
         per line of text (write \\n for a line break)."""
-        from zerolm.data.text import is_table, iter_lines, iter_rows, resolve_data_path
+        from zerolm.data.text import read_column_or_lines
 
-        p = resolve_data_path(path)
-        col = self.prompt_column
-        prompts, rows = [], []
-        if is_table(p):
-            for lineno, row in iter_rows(p, raw=True):
-                if col not in row:
-                    raise DataError(f"{p}:{lineno}: no field {col!r} (fields: {', '.join(row)})")
-                prompts.append("" if row[col] is None else str(row[col]))
-                rows.append(dict(row))
-        else:
-            for _, line in iter_lines(p):
-                if line.strip():
-                    prompts.append(line.replace("\\n", "\n"))
-                    rows.append({col: prompts[-1]})
-        if not prompts:
-            raise DataError(f"{p}: no prompts")
-        return prompts, rows
+        return read_column_or_lines(path, self.prompt_column, unescape_newlines=True, what="prompts")
 
     def batches(self, inputs, *, batch_size: int, max_length: int | None = None):
         bad = [i for i, x in enumerate(inputs) if not isinstance(x, str)]

@@ -9,6 +9,7 @@ Inputs: source texts. Predictions: {"target"}.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -82,8 +83,6 @@ class Seq2SeqTask(TaskDefaults, TargetLossTask):
                 part = {k: batch[k][pick.to(batch[k].device)] for k in ("input_ids", "attention_mask")}
                 hyps += self.generate(model, part)
                 refs += [batch["references"][i] for i in pick.tolist()]
-        import math
-
         loss = total / max(count, 1)
         report: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
                                   "token_accuracy": right / max(count, 1), "tokens": count}
@@ -131,25 +130,9 @@ class Seq2SeqTask(TaskDefaults, TargetLossTask):
 
     def read_inputs(self, path):
         """Sources from a table's source column (every column kept) or one per line of text."""
-        from zerolm.data.text import is_table, iter_lines, iter_rows, resolve_data_path
+        from zerolm.data.text import read_column_or_lines
 
-        p = resolve_data_path(path)
-        col = self.source_column
-        texts, rows = [], []
-        if is_table(p):
-            for lineno, row in iter_rows(p, raw=True):
-                if col not in row:
-                    raise DataError(f"{p}:{lineno}: no field {col!r} (fields: {', '.join(row)})")
-                texts.append("" if row[col] is None else str(row[col]))
-                rows.append(dict(row))
-        else:
-            for _, line in iter_lines(p):
-                if line.strip():
-                    texts.append(line)
-                    rows.append({col: line})
-        if not texts:
-            raise DataError(f"{p}: no sources")
-        return texts, rows
+        return read_column_or_lines(path, self.source_column, what="sources")
 
     def batches(self, inputs, *, batch_size: int, max_length: int | None = None):
         bad = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
