@@ -201,13 +201,7 @@ def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
         new_col[active, 0] = nxt
         seqs = torch.cat([seqs, new_col], dim=1)
         mask = torch.cat([mask, torch.zeros_like(new_col).index_fill_(0, active, 1)], dim=1)
-        done = torch.zeros(len(active), dtype=torch.bool, device=device)
-        if eos_id is not None and cfg.stop_at_eos:
-            done |= nxt == eos_id
-        if cfg.stop and tokenizer is not None:
-            for j, row in enumerate(active.tolist()):
-                tail = tokenizer.decode(out[row, max(0, n - 15):n + 1].tolist(), skip_special_tokens=False)
-                done[j] |= any(s in tail for s in cfg.stop)
+        done = _stopped(nxt, out, active, n, cfg, eos_id, tokenizer)
         if on_step is not None:
             on_step(active.tolist(), nxt.tolist(), done.tolist())
         if bool(done.any()):
@@ -218,6 +212,20 @@ def generate_ids(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
                 cache_mask = cache_mask[keep]
     used = n + 1 if cfg.max_new_tokens else 0
     return out[:, :used]
+
+
+def _stopped(nxt: torch.Tensor, out: torch.Tensor, active: torch.Tensor, n: int, cfg: GenerationConfig,
+             eos_id: int | None, tokenizer) -> torch.Tensor:
+    """(N,) bool: which active rows stop after their token `nxt` (step `n`, written in
+    `out`): at end-of-text, or when their last tokens' text holds a stop sequence."""
+    done = torch.zeros(len(active), dtype=torch.bool, device=nxt.device)
+    if eos_id is not None and cfg.stop_at_eos:
+        done |= nxt == eos_id
+    if cfg.stop and tokenizer is not None:
+        for j, row in enumerate(active.tolist()):
+            tail = tokenizer.decode(out[row, max(0, n - 15):n + 1].tolist(), skip_special_tokens=False)
+            done[j] |= any(s in tail for s in cfg.stop)
+    return done
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,11 +291,17 @@ def _ban_repeats(logp: torch.Tensor, rows: list[list[int]], n: int) -> torch.Ten
 @torch.no_grad()
 def generate_seq2seq(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
                      attention_mask: torch.Tensor | None = None, eos_id: int | None = None,
-                     pad_id: int = 0) -> torch.Tensor:
+                     pad_id: int = 0, tokenizer=None,
+                     on_step: Callable[[list[int], list[int], list[bool]], None] | None = None) -> torch.Tensor:
     """The targets (B, N) an encoder-decoder writes for the sources `input_ids` (B, S)
     (right-padded, `attention_mask` 1 = real token), N <= max_new_tokens, padded with
     `pad_id` after each row's end-of-text. Greedy, sampled, or a beam search when
-    `cfg.num_beams` > 1 (the best finished hypothesis of each source)."""
+    `cfg.num_beams` > 1 (the best finished hypothesis of each source).
+
+    `tokenizer` and `on_step` as in `generate_ids`: with a tokenizer, greedy and sampled
+    rows also stop at `cfg.stop`; `on_step` hears each step's tokens. A beam search only
+    knows its targets at the end, so there `on_step` hears them replayed step by step
+    once the search is over."""
     model.eval()
     device = next(model.parameters()).device
     src = input_ids.to(device)
@@ -296,9 +310,12 @@ def generate_seq2seq(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
     if B == 0 or cfg.max_new_tokens == 0:
         return torch.full((B, 0), pad_id, dtype=torch.long, device=device)
     enc = model.encode(src, mask)  # (B, S, D): once per source
-    if cfg.num_beams > 1:
-        return _beam_search(model, enc, mask, cfg, eos_id, pad_id)
-    return _sample_seq2seq(model, enc, mask, cfg, eos_id, pad_id)
+    if cfg.num_beams == 1:
+        return _sample_seq2seq(model, enc, mask, cfg, eos_id, pad_id, tokenizer, on_step)
+    out = _beam_search(model, enc, mask, cfg, eos_id, pad_id)
+    if on_step is not None:
+        _replay(out, eos_id, on_step)
+    return out
 
 
 @torch.no_grad()
@@ -316,7 +333,20 @@ def beam_search(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
     return _beam_search(model, model.encode(src, mask), mask, cfg, eos_id, pad_id)
 
 
-def _sample_seq2seq(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> torch.Tensor:
+def _replay(out: torch.Tensor, eos_id: int | None, on_step) -> None:
+    """Hand finished targets (B, N) to `on_step` one step at a time, as if decoded so."""
+    rows = out.tolist()
+    # a row runs through its end-of-text; a row without one ran to max_new_tokens, the width
+    ends = [row.index(eos_id) + 1 if eos_id is not None and eos_id in row else len(row) for row in rows]
+    for n in range(out.shape[1]):
+        live = [b for b in range(len(rows)) if ends[b] > n]
+        if not live:
+            break
+        on_step(live, [rows[b][n] for b in live], [rows[b][n] == eos_id for b in live])
+
+
+def _sample_seq2seq(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id, tokenizer=None,
+                    on_step=None) -> torch.Tensor:
     """Greedy or sampled decoding; a row that ends leaves the batch."""
     B, device = enc.shape[0], enc.device
     out = torch.full((B, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -337,7 +367,9 @@ def _sample_seq2seq(model, enc, mask, cfg: GenerationConfig, eos_id, pad_id) -> 
         nxt = _next_tokens(logits, cfg, n, eos_id, gen, seqs[:, 1:], torch.ones_like(seqs[:, 1:]))
         out[active, n] = nxt
         seqs = torch.cat([seqs, nxt[:, None]], dim=1)
-        done = (nxt == eos_id) if (eos_id is not None and cfg.stop_at_eos) else torch.zeros_like(nxt, dtype=torch.bool)
+        done = _stopped(nxt, out, active, n, cfg, eos_id, tokenizer)
+        if on_step is not None:
+            on_step(active.tolist(), nxt.tolist(), done.tolist())
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
             if not len(keep):
@@ -462,5 +494,5 @@ def generate_seq2seq_texts(model, tokenizer, sources: list[str], cfg: Generation
     b = tokenizer.pad(enc)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     new = generate_seq2seq(model, b["input_ids"], cfg, attention_mask=b["attention_mask"],
-                           eos_id=tokenizer.eos_id, pad_id=pad)
+                           eos_id=tokenizer.eos_id, pad_id=pad, tokenizer=tokenizer)
     return [decode_new(tokenizer, row.tolist(), cfg) for row in new]

@@ -195,40 +195,51 @@ class Predictor:
         for k, v in options.items():
             setattr(self.task, k, v)
 
-    def generate(self, prompts, **options) -> list[str]:
-        """The text each prompt continues with (a causal LM), or the target an
-        encoder-decoder writes for each source; options are GenerationConfig's fields.
+    def generation_config(self, **options):
+        """The GenerationConfig `generate` decodes with, given these options (its fields).
         A fine-tuned seq2seq model decodes as it was fine-tuned (greedy or its beams, its
         maximum target length) where the options say nothing else, and samples when they
         set temperature, top_k or top_p; a pretrained encoder-decoder and a causal LM start
-        from GenerationConfig's defaults."""
-        from zerolm.generate import GenerationConfig, generate_seq2seq_texts, generate_texts
+        from GenerationConfig's defaults. Raises a ConfigError for a model that does not
+        generate and for a setting it cannot use (beam search on a causal LM)."""
+        from zerolm.generate import GenerationConfig
         from zerolm.models import family
 
         if self.is_seq2seq:
-            if self.tokenizer is None:
-                raise ConfigError(f"{self.source}: no tokenizer beside the weights")
-            fine_tuned = hasattr(self.task, "generation_config")
-            if fine_tuned:
+            if hasattr(self.task, "generation_config"):  # fine-tuned
                 sampling = any(k in options for k in ("temperature", "top_k", "top_p"))
-                cfg = self.task.generation_config(**{"greedy": not sampling, **options})
-            else:
-                cfg = GenerationConfig(**options)
-            room = self.task.max_length if fine_tuned else self.model.config.max_seq_len
-            return generate_seq2seq_texts(self.model, self.tokenizer, [prompts] if isinstance(prompts, str)
-                                          else list(prompts), cfg, max_source_length=room)
+                return self.task.generation_config(**{"greedy": not sampling, **options})
+            return GenerationConfig(**options)
         if family(self.model.config).objective != "clm" or not hasattr(self.model, "lm_head"):
             raise ConfigError(f"{self.source}: generation needs a causal LM (family gpt) or an encoder-decoder "
                               f"(family t5), this is a {type(self.model).__name__} ({self.model.config.family})")
-        if self.tokenizer is None:
-            raise ConfigError(f"{self.source}: no tokenizer beside the weights")
         cfg = GenerationConfig(**options)
         if cfg.num_beams > 1:
             raise ConfigError(f"{self.source}: num_beams {cfg.num_beams}: beam search is implemented for "
                               f"encoder-decoders (family t5) only; this causal LM ({self.model.config.family}) "
                               "decodes greedily or by sampling (num_beams 1)")
-        return generate_texts(self.model, self.tokenizer, [prompts] if isinstance(prompts, str) else list(prompts),
-                              cfg)
+        return cfg
+
+    @property
+    def source_room(self) -> int:
+        """Tokens of a source an encoder-decoder reads (longer ones are cut): the fine-tuned
+        task's max_length, else the model's max_seq_len."""
+        fine_tuned = hasattr(self.task, "generation_config")
+        return self.task.max_length if fine_tuned else self.model.config.max_seq_len
+
+    def generate(self, prompts, **options) -> list[str]:
+        """The text each prompt continues with (a causal LM), or the target an
+        encoder-decoder writes for each source; options are GenerationConfig's fields,
+        completed as `generation_config` says."""
+        from zerolm.generate import generate_seq2seq_texts, generate_texts
+
+        cfg = self.generation_config(**options)
+        if self.tokenizer is None:
+            raise ConfigError(f"{self.source}: no tokenizer beside the weights")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if self.is_seq2seq:
+            return generate_seq2seq_texts(self.model, self.tokenizer, prompts, cfg, max_source_length=self.source_room)
+        return generate_texts(self.model, self.tokenizer, prompts, cfg)
 
 
 def is_hf_model_dir(directory: Path) -> bool:

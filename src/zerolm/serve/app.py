@@ -1,6 +1,7 @@
 """The HTTP service: FastAPI routes over micro-batched models.
 
-Routes: POST /v1/classify, /v1/tag, /v1/generate (JSON, or server-sent events with
+Routes: POST /v1/classify, /v1/tag, /v1/generate (a causal LM's continuation or an
+encoder-decoder's target; JSON, or server-sent events with
 "stream": true), /v1/embeddings (OpenAI's shape); GET /v1/models, /healthz (the process
 is up), /readyz (models loaded and warmed), /metrics (Prometheus), /docs (OpenAPI), and
 the web page at / with its files under /static.
@@ -18,6 +19,7 @@ The parts: `server.Server` (models, batchers, the worker thread, the steps of a 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -219,24 +221,30 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None) ->
         text's end, then `[DONE]`."""
         ep = srv.endpoint(req.model, "generate", "/v1/generate")
         options = req.model_dump(exclude={"model", "input", "stream"})
-        if options["max_new_tokens"] > settings.max_new_tokens:
+        if ep.seq2seq:  # a fine-tuned one decodes as it was fine-tuned where the request is silent
+            options = {k: v for k, v in options.items() if k in req.model_fields_set}
+        if options.get("max_new_tokens", 0) > settings.max_new_tokens:
             raise ServeError(422, f"max_new_tokens: {options['max_new_tokens']} is more than this server's "
                                   f"limit of {settings.max_new_tokens}", field="max_new_tokens")
         try:
-            group = generation_group(options)
+            cfg = ep.pred.generation_config(**options)
         except ZeroLMError as e:  # GenerationConfig names the field first
             field = str(e).split(" ", 1)[0]
-            raise ServeError(422, str(e), field=field if field in options else None) from None
-        cfg = GenerationConfig(**options)
-        texts, counts, _ = srv.texts(ep, req.input)
+            field = field if field in options else next((k for k in options if k in str(e)), None)
+            raise ServeError(422, str(e), field=field) from None
+        if cfg.max_new_tokens > settings.max_new_tokens:  # the model's own default, over the server's limit
+            cfg = dataclasses.replace(cfg, max_new_tokens=settings.max_new_tokens)
+        group = generation_group(cfg)
+        texts, counts, cut = srv.texts(ep, req.input)
         lengths = [n + cfg.max_new_tokens for n in counts]
+        cut = cut if ep.seq2seq else [None] * len(texts)
         if not req.stream:
             results = await srv.wait(srv.submit(ep, group, texts, lengths))
             made = sum(r["tokens"] for r in results)
             srv.metrics.generated_tokens.labels(ep.name).inc(made)
             return {"object": "list", "model": ep.name, "usage": _usage(sum(counts), made),
-                    "data": [{"index": i, **r} for i, r in enumerate(results)]}
-        return _stream(srv, ep, cfg, group, texts, lengths)
+                    "data": [{"index": i, **r, "truncated": c} for i, (r, c) in enumerate(zip(results, cut))]}
+        return _stream(srv, ep, cfg, group, texts, lengths, cut)
 
     # ---------------------------------------------------------------- page
     @app.get("/", include_in_schema=False)
@@ -252,7 +260,7 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None) ->
 
 
 def _stream(srv: Server, ep: Endpoint, cfg: GenerationConfig, group, texts: list[str],
-            lengths: list[int]) -> StreamingResponse:
+            lengths: list[int], cut: list[bool | None]) -> StreamingResponse:
     """Submit the prompts now (so that a full queue is a 429, not a broken stream) and
     stream their tokens as server-sent events."""
     loop = asyncio.get_running_loop()
@@ -291,8 +299,9 @@ def _stream(srv: Server, ep: Endpoint, cfg: GenerationConfig, group, texts: list
                         continue
                     r = f.result()
                     srv.metrics.generated_tokens.labels(ep.name).inc(r["tokens"])
-                    yield _sse({"index": i, "text": streams[i].finish(r["text"]),
-                                "finish_reason": r["finish_reason"], "tokens": r["tokens"]})
+                    last = {"index": i, "text": streams[i].finish(r["text"]),
+                            "finish_reason": r["finish_reason"], "tokens": r["tokens"]}
+                    yield _sse(last if cut[i] is None else {**last, "truncated": cut[i]})
             yield "data: [DONE]\n\n"
         finally:  # the client left or the stream ended: rows not started never run
             for f in futures:

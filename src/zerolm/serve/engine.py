@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from zerolm.generate import GenerationConfig, decode_new, encode_prompts, generate_ids
+from zerolm.data.pairs import encode_sources
+from zerolm.generate import (
+    GenerationConfig,
+    decode_new,
+    encode_prompts,
+    generate_ids,
+    generate_seq2seq,
+)
 from zerolm.loading import Predictor
 from zerolm.models import family
 
@@ -30,15 +37,17 @@ TASK_KINDS = ("classify", "tag", "intent_slots")  # fine-tuned encoders: their t
 class Endpoint:
     """One served model. `kind` is what it was made for (classify, tag, generate, or embed
     for a model without a task head); `works` the kinds of work it accepts (a classifier
-    or tagger also embeds with its body)."""
+    or tagger also embeds with its body). A generating model either continues its prompt
+    (a causal LM) or writes a target for its source (`seq2seq`: an encoder-decoder)."""
 
     def __init__(self, name: str, pred: Predictor):
         self.name, self.pred = name, pred
         task = pred.task.name if pred.task is not None else None
         self.tokenizer = pred.tokenizer
+        self.seq2seq = task not in TASK_KINDS and pred.is_seq2seq
         if task in TASK_KINDS:
             self.kind = task
-        elif task == "clm" or family(pred.model.config).objective == "clm":
+        elif self.seq2seq or task == "clm" or family(pred.model.config).objective == "clm":
             self.kind = "generate"
         else:
             self.kind = "embed"
@@ -46,7 +55,8 @@ class Endpoint:
         names = getattr(pred.task, "label_names", None) or getattr(pred.task, "intent_names", None)  # intent_slots
         self.labels = list(names or []) if self.kind in TASK_KINDS else []
         cfg = pred.model.config
-        task_limit = getattr(pred.task, "max_length", None) if self.kind in TASK_KINDS else None
+        task_limit = (getattr(pred.task, "max_length", None) if self.kind in TASK_KINDS
+                      else pred.source_room if self.seq2seq else None)
         tok_limit = self.tokenizer.model_max_length if self.tokenizer is not None else None
         self.max_length = min(x for x in (task_limit, tok_limit, cfg.max_seq_len) if x)
 
@@ -56,11 +66,22 @@ class Endpoint:
                "family": self.pred.model.config.family}
         if self.labels:
             out["labels"] = self.labels
+        if self.seq2seq:  # how it decodes when a request says nothing else
+            cfg = self.pred.generation_config()
+            out["decoding"] = {k: getattr(cfg, k) for k in ("num_beams", "length_penalty", "no_repeat_ngram_size",
+                                                            "max_new_tokens", "greedy")}
         return out
 
+    @property
+    def cuts_inputs(self) -> bool:
+        """Whether an over-long input is cut to max_length (encoders read a prefix, a
+        seq2seq model its source's start); a causal LM's prompt is never cut here."""
+        return self.kind != "generate" or self.seq2seq
+
     def count_tokens(self, text: str) -> int:
-        """Tokens of `text` as the model sees it (special tokens included for encoders)."""
-        return len(self.tokenizer.encode(text, add_special_tokens=self.kind != "generate"))
+        """Tokens of `text` as the model sees it (special tokens included for encoders and
+        an encoder-decoder's source)."""
+        return len(self.tokenizer.encode(text, add_special_tokens=self.kind != "generate" or self.seq2seq))
 
     # ------------------------------------------------ batch functions (worker thread)
     def run_batch(self, group: Hashable, items: list) -> Sequence[Any]:
@@ -76,10 +97,11 @@ class Endpoint:
         raise ValueError(f"unknown work {work!r}")
 
     def _generate(self, items: list, cfg: GenerationConfig) -> list[dict[str, Any]]:
-        """Continuations of a batch of prompts through the KV cache; rows that stop leave the
-        batch; each row's tokens go to its item's `on_token` as they come."""
+        """Continuations of a batch of prompts (or targets of a batch of sources) through
+        the KV cache; rows that stop leave the batch; each row's tokens go to its item's
+        `on_token` as they come (a beam search's once it is over)."""
         tok = self.tokenizer
-        ids, mask = encode_prompts(tok, [it.payload for it in items])
+        texts = [it.payload for it in items]
         stopped: set[int] = set()
         counts = [0] * len(items)
 
@@ -92,16 +114,22 @@ class Endpoint:
                     items[r].on_token(t)
 
         pad = tok.pad_id if tok.pad_id is not None else 0
-        new = generate_ids(self.pred.model, ids, cfg, attention_mask=mask, eos_id=tok.eos_id, pad_id=pad,
-                           tokenizer=tok, on_step=on_step)
+        if self.seq2seq:
+            ids, _ = encode_sources(tok, texts, self.max_length)
+            b = tok.pad(ids)
+            new = generate_seq2seq(self.pred.model, b["input_ids"], cfg, attention_mask=b["attention_mask"],
+                                   eos_id=tok.eos_id, pad_id=pad, tokenizer=tok, on_step=on_step)
+        else:
+            ids, mask = encode_prompts(tok, texts)
+            new = generate_ids(self.pred.model, ids, cfg, attention_mask=mask, eos_id=tok.eos_id, pad_id=pad,
+                               tokenizer=tok, on_step=on_step)
         return [{"text": decode_new(tok, row, cfg), "finish_reason": "stop" if r in stopped else "length",
                  "tokens": counts[r]} for r, row in enumerate(new.tolist())]
 
 
-def generation_group(options: dict[str, Any]) -> tuple:
+def generation_group(cfg: GenerationConfig) -> tuple:
     """The batching group of a generation request: rows share a batch only with rows of
-    the same (validated) options."""
-    cfg = GenerationConfig(**options)
+    the same decoding settings."""
     d = asdict(cfg)
     d["stop"] = tuple(d["stop"])
     return ("generate", tuple(sorted(d.items())))

@@ -61,6 +61,10 @@ class AssistRequest(TextsRequest):
 
 
 class GenerateRequest(TextsRequest):
+    """A causal LM continues each input with these settings (their defaults where the
+    request is silent); an encoder-decoder writes a target for each input, decoding as it
+    was fine-tuned (greedy or its beams, its target length) where the request is silent."""
+
     max_new_tokens: int = Field(32, description="tokens to generate at most")
     temperature: float = Field(1.0, description="0: greedy; < 1 sharpens, > 1 flattens")
     top_k: int = Field(0, description="keep the k most likely tokens (0: all)")
@@ -69,6 +73,10 @@ class GenerateRequest(TextsRequest):
     greedy: bool = Field(False, description="always take the most likely token")
     stop: str | list[str] = Field(default_factory=list, description="stop a text at any of these")
     seed: int | None = Field(None, description="seed for sampling (the same seed, the same text)")
+    num_beams: int = Field(1, description="encoder-decoders: beam search with this many beams (1: none)")
+    length_penalty: float = Field(1.0, description="beam search: > 0 favours longer texts, < 0 shorter")
+    no_repeat_ngram_size: int = Field(0, description="never repeat an n-gram of this size (0: off)")
+    min_new_tokens: int = Field(0, description="no end-of-text before this many tokens")
     stream: bool = Field(False, description="send the text token by token as server-sent events")
 
 
@@ -148,6 +156,7 @@ class GenerateResult(BaseModel):
     text: str
     finish_reason: Literal["stop", "length"]
     tokens: int
+    truncated: bool | None = None  # an encoder-decoder's source cut to its limit (causal LMs: absent)
 
 
 class Embedding(BaseModel):
@@ -182,6 +191,8 @@ class ModelCard(BaseModel):
     max_length: int
     family: str
     labels: list[str] | None = None
+    decoding: dict[str, int | float | bool] | None = Field(
+        None, description="an encoder-decoder: how it decodes where a request is silent")
 
 
 class ModelList(BaseModel):

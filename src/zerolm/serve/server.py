@@ -184,8 +184,8 @@ class Server:
                 where = "input" if isinstance(given, str) else f"input[{i}]"
                 raise ServeError(422, f"{where}: {n} tokens, over the model's limit of {limit}; shorten it "
                                       "(the server runs with --no-truncate)", field=where)
-            counts.append(min(n, limit) if ep.kind != "generate" else n)
-            cut.append(n > limit and ep.kind != "generate")
+            counts.append(min(n, limit) if ep.cuts_inputs else n)
+            cut.append(n > limit and ep.cuts_inputs)
         self.metrics.prompt_tokens.labels(ep.name).inc(sum(counts))
         return texts, counts, cut
 
