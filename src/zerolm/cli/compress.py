@@ -11,7 +11,7 @@ METHODS = ("prune-heads", "prune-ffn", "low-rank", "magnitude", "int8-weight", "
 IMPORTANCE = ("weight_norm", "gradient")
 QUANT = ("int8-weight", "int8-dynamic")
 FACTORISABLE = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc_in", "mlp.fc_gate",
-                "mlp.fc_out")
+                "mlp.fc_out", "cross_attn.q_proj", "cross_attn.k_proj", "cross_attn.v_proj", "cross_attn.o_proj")
 
 
 def register(sub) -> None:
@@ -219,6 +219,7 @@ def run(args) -> int:
     import zerolm
     from zerolm.compress import NO_SPEEDUP, SLOWER, count_parameters
     from zerolm.compress.save import check_out_dir, read_record, save_compressed, weight_bytes
+    from zerolm.compress.surgery import check_reshapable
     from zerolm.errors import ConfigError
     from zerolm.loading import resolve_model_path
 
@@ -235,10 +236,11 @@ def run(args) -> int:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     pred = zerolm.load(args.model)
     model = pred.model
-    if model.config.family == "t5" and args.method in ("prune-heads", "prune-ffn", "low-rank"):
-        raise ConfigError(f"{args.model}: --method {args.method} changes per-block shapes, which the t5 "
-                          "family does not describe yet (its decoder blocks and shared position bias); "
-                          "use int8-dynamic, int8-weight or magnitude")
+    if args.method in ("prune-heads", "prune-ffn", "low-rank"):  # before importance scores take time
+        try:
+            check_reshapable(model, f"--method {args.method}")
+        except ConfigError as e:
+            raise ConfigError(f"{args.model}: {e}") from None
     params_before, bytes_before = count_parameters(model), weight_bytes(resolve_model_path(args.model))
     if opts is not None and not pred.meta:
         raise ConfigError(f"{args.model}: --recover trains on the task's labelled data, and this model has no task "

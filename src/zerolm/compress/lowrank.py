@@ -24,6 +24,7 @@ from zerolm.compress.surgery import (
     block_linears,
     blocks,
     check_linear,
+    check_reshapable,
     effective_weight,
     output_bias,
     set_layer_shape,
@@ -70,13 +71,14 @@ def low_rank(model: nn.Module, rank: int | None = None, energy: float | None = N
     """Factorise the `targets` linears of every block of `model` in place, by `rank` or by
     the kept `energy` (a fraction in (0, 1]). Returns {"ranks": [{name: r} per block],
     "params_before", "params_after"} counting the targets' weights only."""
+    check_reshapable(model, "low-rank")
     if (rank is None) == (energy is None):
         raise ConfigError("low-rank: give exactly one of a rank (e.g. 16) and an energy to keep (e.g. 0.9)")
     if rank is not None and (not isinstance(rank, int) or rank < 1):
         raise ConfigError(f"low-rank: rank must be a positive integer, got {rank!r}")
     if energy is not None and not 0.0 < energy <= 1.0:
         raise ConfigError(f"low-rank: energy is the share of spectral energy kept, in (0, 1]; got {energy}")
-    found = list(block_linears(model, targets))
+    found = [(i, name, mod) for i, _, name, mod in block_linears(model, targets)]
     for i, name, mod in found:  # every check before the first change
         check_linear(mod, f"block {i} {name}")
     before = after = 0

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from zerolm.compress.surgery import block_linears, check_linear
+from zerolm.compress.surgery import all_blocks, block_linears, check_linear
 from zerolm.errors import ConfigError
 from zerolm.models.config import FACTORISABLE
 from zerolm.models.layers import LowRankLinear
@@ -31,13 +31,14 @@ NO_SPEEDUP = ("magnitude pruning stores its zeros dense: the model is no smaller
 
 
 def _weights(model: nn.Module, targets: Sequence[str]) -> list[tuple[int, str, nn.Parameter]]:
+    """(index in all_blocks, "blocks.i.name" path, weight) of the targets' non-empty weights."""
     out = []
-    for i, name, mod in block_linears(model, targets):
-        check_linear(mod, f"block {i} {name}")
+    for i, path, name, mod in block_linears(model, targets):
+        check_linear(mod, f"{path}.{name}")
         if isinstance(mod, LowRankLinear):
-            out += [(i, f"{name}.down", mod.down.weight), (i, f"{name}.up", mod.up.weight)]
+            out += [(i, f"{path}.{name}.down", mod.down.weight), (i, f"{path}.{name}.up", mod.up.weight)]
         else:
-            out.append((i, name, mod.weight))
+            out.append((i, f"{path}.{name}", mod.weight))
     return [(i, n, w) for i, n, w in out if w.numel()]
 
 
@@ -76,16 +77,17 @@ def magnitude(model: nn.Module, sparsity: float, scope: str = "global",
 
 def sparsity_report(model: nn.Module, targets: Sequence[str] = FACTORISABLE) -> dict:
     """The share of zero weights of the `targets` linears: {"sparsity": {"blocks.i.name":
-    share}, "per_block": [share per block], "overall": share of all of them}."""
+    share}, "per_block": [share per block of all_blocks], "overall": share of all of them}."""
     per_linear, per_block, total, zeros = {}, {}, 0, 0
     for i, name, w in _weights(model, targets):
         z = int((w == 0).sum())
-        per_linear[f"blocks.{i}.{name}"] = z / w.numel()
+        per_linear[name] = z / w.numel()
         b = per_block.setdefault(i, [0, 0])
         b[0] += z
         b[1] += w.numel()
         zeros, total = zeros + z, total + w.numel()
-    blocks_share = [per_block[i][0] / per_block[i][1] if i in per_block else 0.0 for i in range(model.config.n_layers)]
+    blocks_share = [per_block[i][0] / per_block[i][1] if i in per_block else 0.0
+                    for i in range(len(all_blocks(model)))]
     return {"sparsity": per_linear, "per_block": blocks_share, "overall": zeros / max(total, 1)}
 
 

@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from zerolm.compress.importance import HasLoss, Unit, scores
-from zerolm.compress.surgery import blocks, check_linear, keep_inputs, keep_outputs, set_layer_shape
+from zerolm.compress.surgery import (
+    blocks,
+    check_linear,
+    check_reshapable,
+    keep_inputs,
+    keep_outputs,
+    set_layer_shape,
+)
 from zerolm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,7 @@ PerLayer = Sequence[int] | Mapping[int, int]
 
 def remove_heads(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> list[int]:
     """Remove the given heads {block: [head, ...]} in place; the head count of every block after."""
+    check_reshapable(model, "prune-heads")
     heads = {i: sorted(set(hs)) for i, hs in heads.items()}
     for i, block in enumerate(blocks(model)):  # every check before the first change
         gone = heads.get(i, [])
@@ -61,6 +69,7 @@ def remove_heads(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> list[i
 
 def remove_neurons(model: nn.Module, neurons: Mapping[int, Iterable[int]]) -> list[int]:
     """Remove the given feed-forward neurons {block: [neuron, ...]} in place; every block's width after."""
+    check_reshapable(model, "prune-ffn")
     neurons = {i: sorted(set(ns)) for i, ns in neurons.items()}
     for i, block in enumerate(blocks(model)):  # every check before the first change
         check_linear(block.mlp.fc_in, f"block {i} mlp.fc_in")
@@ -166,6 +175,7 @@ _UNITS = {"heads": ("prune-heads", "heads", "attention heads", "heads per block"
 def _prune(model, unit: Unit, fraction, per_layer, importance, scope, objective, batches, allow_empty) -> dict:
     """Score the units, choose the least important, remove them, say so."""
     method, key, what, widths = _UNITS[unit]
+    check_reshapable(model, method)  # before scoring (a gradient pass) takes time
     s = scores(model, unit, importance, objective, batches)
     chosen = choose(s, fraction=fraction, per_layer=per_layer, scope=scope, allow_empty=allow_empty, what=unit)
     before = sum(len(x) for x in s)

@@ -214,8 +214,8 @@ def quantize(model: nn.Module, method: str = "int8-dynamic", targets: Sequence[s
     _check(model, method)
     names = {id(m): n for n, m in model.named_modules()}
     linears: list[tuple[str, nn.Linear]] = []
-    for i, name, mod in block_linears(model, targets):
-        check_linear(mod, f"block {i} {name}")
+    for _, path, name, mod in block_linears(model, targets):
+        check_linear(mod, f"{path}.{name}")
         parts = [mod.down, mod.up] if isinstance(mod, LowRankLinear) else [mod]
         linears += [(names[id(p)], p) for p in parts]
     emb, note = _token_embedding(model) if embeddings else (None, "kept fp32 as asked")

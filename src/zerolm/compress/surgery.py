@@ -17,9 +17,18 @@ import torch
 from torch import nn
 
 from zerolm.errors import ConfigError
-from zerolm.models import body_of
+from zerolm.models import body_of, family
 from zerolm.models.config import FACTORISABLE, LayerShape, ModelConfig
 from zerolm.models.layers import LowRankLinear
+
+
+def check_reshapable(model: nn.Module, method: str) -> None:
+    """Refuse a shape-changing `method` (head / FFN pruning, low-rank) on a family whose
+    per-block shapes the config cannot record (FamilySpec.layer_shapes)."""
+    if not family(model.config).layer_shapes:
+        raise ConfigError(f"{method} changes per-block shapes, which a {model.config.family} model's config "
+                          "cannot record (model.layers describes encoder blocks only); int8-dynamic, "
+                          "int8-weight and magnitude apply")
 
 
 def check_linear(module: nn.Module, where: str) -> nn.Linear | LowRankLinear:
@@ -79,21 +88,37 @@ def set_layer_shape(cfg: ModelConfig, i: int, **changes) -> None:
 
 
 def blocks(model: nn.Module) -> Sequence[nn.Module]:
+    """The blocks whose shapes model.layers records: an encoder's or a decoder-only model's."""
     return body_of(model).blocks
 
 
+def all_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path such as "blocks.3" or "decoder.blocks.1", block) of every block of the body:
+    `blocks`, then an encoder-decoder's decoder blocks (what shape-keeping transforms such
+    as int8 and magnitude pruning work on)."""
+    body = body_of(model)
+    out = [(f"blocks.{i}", b) for i, b in enumerate(body.blocks)]
+    decoder = getattr(body, "decoder", None)
+    if decoder is not None:
+        out += [(f"decoder.blocks.{i}", b) for i, b in enumerate(decoder.blocks)]
+    return out
+
+
 def block_linears(model: nn.Module, targets: Sequence[str] = FACTORISABLE
-                  ) -> Iterator[tuple[int, str, nn.Module]]:
-    """(block index, name such as "attn.q_proj", module) of the chosen linears of every block."""
+                  ) -> Iterator[tuple[int, str, str, nn.Module]]:
+    """(index in `all_blocks`, the block's path, name such as "attn.q_proj", module) of the
+    chosen linears of every block that has them (an encoder block has no cross_attn, a
+    plain feed-forward no fc_gate). `blocks` come first, so their indices match model.layers."""
     unknown = [t for t in targets if t not in FACTORISABLE]
     if unknown:
         raise ConfigError(f"unknown linear(s) {unknown}; the linears of a block are {', '.join(FACTORISABLE)}")
-    for i, block in enumerate(blocks(model)):
+    for i, (path, block) in enumerate(all_blocks(model)):
         for name in targets:
             parent, _, leaf = name.rpartition(".")
-            if getattr(block.get_submodule(parent), leaf, None) is None:
-                continue  # a plain feed-forward has no fc_gate
-            yield i, name, block.get_submodule(name)
+            owner = getattr(block, parent, None)
+            if owner is None or getattr(owner, leaf, None) is None:
+                continue
+            yield i, path, name, block.get_submodule(name)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -28,12 +28,15 @@ class FamilySpec:
     body: type[Body]  # ids -> hidden states
     pretraining: type[nn.Module]  # the body with its self-supervised head(s), `.body`
     objective: str  # the pretraining task that trains it (zerolm.tasks)
+    # model.layers describes every block's shape, so transforms that change shapes (head
+    # and FFN pruning, low-rank) can record them; t5's decoder blocks have no entry there
+    layer_shapes: bool = True
 
 
 FAMILIES: dict[str, FamilySpec] = {
     "bert": FamilySpec(Bert, BertForPreTraining, "mlm"),
     "gpt": FamilySpec(GPT, CausalLM, "clm"),
-    "t5": FamilySpec(T5, Seq2SeqLM, "span"),
+    "t5": FamilySpec(T5, Seq2SeqLM, "span", layer_shapes=False),
 }
 assert set(FAMILIES) == set(_FAMILY_NAMES), "models/config.py FAMILIES must list the registry's families"
 

@@ -17,7 +17,7 @@ FAMILIES = ("bert", "gpt", "t5")  # the registry in zerolm.models maps each to i
 
 # the linears of a block that a low-rank factorisation may replace (keys of LayerShape.ranks)
 FACTORISABLE = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc_in", "mlp.fc_gate",
-                "mlp.fc_out")
+                "mlp.fc_out", "cross_attn.q_proj", "cross_attn.k_proj", "cross_attn.v_proj", "cross_attn.o_proj")
 
 
 @dataclass

@@ -316,7 +316,7 @@ class T5(Body):
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> Seq2SeqCache:
-        p = self.tok_emb.weight
+        p = self.final_norm.weight  # the compute dtype (an int8 token embedding is not)
         return Seq2SeqCache(KVCache(self.layer_shapes(), batch, max_len or self.config.max_seq_len,
                                     device=p.device, dtype=p.dtype))
 
