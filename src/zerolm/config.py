@@ -511,6 +511,11 @@ def config_warnings(cfg: RunConfig | FinetuneConfig) -> list[str]:
         out.append(f"schedule.min_lr={cfg.schedule.min_lr:g} is above optim.lr={cfg.optim.lr:g}: "
                    f"the learning rate rises after warmup instead of decaying; lower "
                    f"schedule.min_lr")
+    o, adam = cfg.optim, OptimConfig()
+    ignored = [k for k, v, d in (("betas", list(o.betas), adam.betas), ("eps", o.eps, adam.eps)) if v != d]
+    if o.name == "adafactor" and ignored:
+        out.append(f"optim.{' and optim.'.join(ignored)} are AdamW's settings; adafactor ignores them (it "
+                   f"keeps torch's own: second-moment decay 1 - t^-0.8, eps 1e-3 relative to the weight's RMS)")
     return out
 
 

@@ -188,6 +188,18 @@ def test_warmup_longer_than_the_run_is_a_warning(caplog):
     assert "schedule.warmup_steps=50 exceeds train.max_steps=10" in caplog.text
 
 
+def test_adams_settings_under_adafactor_are_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="zerolm.config"):
+        load_config(GPT_CHAR, ["optim.name=adafactor", "optim.lr=1e-2"])
+        assert not caplog.records  # the defaults say nothing
+        load_config(GPT_CHAR, ["optim.name=adafactor", "optim.betas=[0.9,0.98]", "optim.eps=1e-6"])
+    assert "optim.betas and optim.eps are AdamW's settings; adafactor ignores them" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zerolm.config"):
+        load_config(GPT_CHAR, ["optim.betas=[0.9,0.98]", "optim.eps=1e-6"])  # AdamW uses them
+    assert not caplog.records
+
+
 @pytest.mark.parametrize("override,key", [
     ("optim.lr=-1e-3", "optim.lr"), ("optim.lr=0", "optim.lr"), ("optim.lr=.nan", "optim.lr"),
     ("optim.weight_decay=-0.1", "optim.weight_decay"), ("optim.betas=[0.9, 1.0]", "optim.betas"),

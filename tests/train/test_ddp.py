@@ -1,6 +1,7 @@
 """Data parallelism under torchrun: two processes train exactly as one process with
 gradient accumulation, for every shipped pretraining config's model shape (tied and
-untied heads, bias-free, BERT with and without a sentence head), shrunk to a tiny size."""
+untied heads, bias-free, BERT with and without a sentence head, T5's encoder-decoder),
+shrunk to a tiny size."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ CASES = {
     "bert_mlm_reviews_wiki (no sentence head)": ("configs/bert_mlm_reviews_wiki.yaml", []),
     "tiny/bert_mlm (NSP, untied)": ("configs/tiny/bert_mlm.yaml", ["model.tie_embeddings=false"]),
     "tiny/gpt_char (untied)": ("configs/tiny/gpt_char.yaml", ["model.tie_embeddings=false"]),
+    "tiny/t5_span (encoder-decoder, span corruption, Adafactor)": (
+        "configs/tiny/t5_span.yaml", ["optim.name=adafactor"]),
 }
 
 
@@ -66,6 +69,8 @@ FT_CASES = {
     "tag with a CRF": ("configs/tiny/tag_ner.yaml", ["task.crf=true"]),
     "classify with prompt tuning": ("configs/tiny/classify_reviews.yaml",
                                     ["strategy.name=prompt", "strategy.prompt.length=4", "optim.lr=1e-2"]),
+    "seq2seq translation (T5, Adafactor)": ("configs/tiny/seq2seq_translate.yaml",
+                                            ["optim.name=adafactor", "task.label_smoothing=0.1"]),
 }
 
 
