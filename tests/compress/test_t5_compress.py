@@ -9,7 +9,15 @@ import torch
 
 import zerolm
 from zerolm.cli.main import main
-from zerolm.compress import int8_dynamic, int8_weight, low_rank, magnitude, prune_ffn, prune_heads, save_compressed
+from zerolm.compress import (
+    int8_dynamic,
+    int8_weight,
+    low_rank,
+    magnitude,
+    prune_ffn,
+    prune_heads,
+    save_compressed,
+)
 from zerolm.compress.prune import remove_heads
 from zerolm.compress.quant import Int8Embedding, Int8Linear
 from zerolm.errors import ConfigError
