@@ -1,6 +1,7 @@
 """Multi30k English -> German translation with zerolm's T5 (issue 16), on 2 CPU cores.
 
-Runs (each reused when a finished one is in --out):
+Runs (each reused when a finished one is in --out; a warning lists the settings in which
+it differs from what the command asks):
 - `scratch`: configs/multi30k_t5.yaml, the 6 + 6-layer width-256 T5 trained from random
   weights (its unigram tokenizer is trained first, on the training pairs);
 - `span`: configs/multi30k_t5_span.yaml, the same model pretrained by span corruption on
@@ -35,9 +36,10 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from common import emit, environment, median_time
-from zerolm.config import FinetuneConfig, RunConfig, load_config
+from zerolm.config import FinetuneConfig, RunConfig, dump_config, load_config
 from zerolm.train.finetune import finetune
 from zerolm.train.pretrain import pretrain
 
@@ -53,11 +55,32 @@ def ended(run: Path) -> bool:
     return state.exists() and json.loads(state.read_text()).get("status") != "interrupted"
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def check_reused(out: Path, cfg) -> None:
+    """Say which settings of a reused run differ from the ones this command asks for (a
+    finished run is kept as it is; delete it, or choose another --out, to rerun it)."""
+    saved = out / "config.yaml"
+    if not saved.exists():
+        return
+    old, new = _flat(yaml.safe_load(saved.read_text())), _flat(yaml.safe_load(dump_config(cfg)))
+    changed = [f"{k} ({old.get(k)!r} there, {new.get(k)!r} asked)" for k in sorted(set(old) | set(new))
+               if k not in ("out_dir", "train.progress") and old.get(k) != new.get(k)]
+    if changed:
+        logging.warning("%s: reusing a run whose settings differ from this command's: %s", out, "; ".join(changed))
+
+
 def finetuned(out: Path, overrides: list[str]) -> dict:
     """Fine-tune once (a finished run in `out` is reused, an unfinished one resumed);
     its eval.json."""
+    cfg = load_config(TRANSLATE, [f"out_dir={out}", "train.progress=false", *overrides], cls=FinetuneConfig)
+    check_reused(out, cfg)
     if not (ended(out) and (out / "eval.json").exists()):
-        cfg = load_config(TRANSLATE, [f"out_dir={out}", "train.progress=false", *overrides], cls=FinetuneConfig)
         t = time.time()
         finetune(cfg, resume=(out / "checkpoints").is_dir())
         logging.info("%s: fine-tuned in %.0f s", out.name, time.time() - t)
@@ -66,9 +89,10 @@ def finetuned(out: Path, overrides: list[str]) -> dict:
 
 def pretrained(out: Path, tokenizer: Path, overrides: list[str]) -> Path:
     """Span-corruption pretraining once; its final model directory."""
+    cfg = load_config(SPAN, [f"out_dir={out}", f"tokenizer.path={tokenizer}", "train.progress=false",
+                             *overrides], cls=RunConfig)
+    check_reused(out, cfg)
     if not ended(out):
-        cfg = load_config(SPAN, [f"out_dir={out}", f"tokenizer.path={tokenizer}", "train.progress=false",
-                                 *overrides], cls=RunConfig)
         t = time.time()
         pretrain(cfg, resume=(out / "checkpoints").is_dir())
         logging.info("%s: pretrained in %.0f s", out.name, time.time() - t)
