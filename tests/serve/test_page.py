@@ -8,6 +8,7 @@ Skipped when playwright or chromium is not installed (no browser is ever downloa
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -256,6 +257,38 @@ def test_generation_streams_the_librarys_greedy_continuation(tab, predictors):
     page.fill("#max-new-tokens", "100000")  # over the server's limit: its message is shown
     page.click("#run")
     sync_api.expect(page.locator("#error")).to_contain_text("max_new_tokens")
+
+
+@pytest.fixture(scope="module")
+def t5_url(tiny_run):
+    """A third server: the tiny English -> German T5, no API key."""
+    import zerolm
+    from zerolm.serve import ServeSettings, create_app
+
+    pred = zerolm.load(tiny_run("seq2seq_translate.yaml", "train.max_steps=40") / "best")
+    with live(create_app({"t5": pred}, ServeSettings())) as url:
+        yield url, pred
+
+
+def test_an_encoder_decoder_shows_its_target_decoded_with_beams(browser, t5_url):
+    url, pred = t5_url
+    t = Tab(browser, url, with_key=False)
+    page = t.page
+    t.choose("t5")
+    sync_api.expect(page.locator("#model-info")).to_contain_text("decoding: greedy, up to 32 tokens")
+    sync_api.expect(page.locator("#text-label")).to_have_text("Source")
+    assert page.locator("#temperature").is_hidden() and page.locator("#num-beams").input_value() == "1"
+    source = "Two dogs are playing in the snow."
+    page.fill("#text", source)
+    page.fill("#num-beams", "3")
+    with page.expect_response(lambda r: r.url.endswith("/v1/generate")) as answer:
+        page.click("#run")
+    sent = answer.value.request.post_data_json
+    assert sent["num_beams"] == 3 and "temperature" not in sent and sent["stream"] is True
+    sync_api.expect(page.get_by_test_id("finish-reason")).to_have_attribute("data-reason", re.compile("stop|length"))
+    assert page.get_by_test_id("completion").text_content() == pred.generate(source, num_beams=3)[0]
+    assert source not in page.get_by_test_id("generation").text_content()  # the target alone, not source + target
+    t.close()
 
 
 def test_embeddings_rank_the_corpus_by_similarity(tab):

@@ -35,6 +35,7 @@ const TEXT_LABEL = {
   tag: "Text",
   intent_slots: "Utterance",
   generate: "Prompt",
+  seq2seq: "Source",
   embed: "Query",
   assist: "Message",
 };
@@ -45,6 +46,7 @@ const EXAMPLES = {
   tag: "The new station in Marrow Hill was opened by Orchard Lane Bakery on Monday.",
   intent_slots: "what is the weather in ashby cross tomorrow",
   generate: "In the valley, the weather",
+  seq2seq: "Two dogs are playing in the snow.",
   embed: "It rained all morning in the hills.",
   assist: "book a flight from boston to denver on monday",
 };
@@ -96,6 +98,9 @@ const el = {
   textLabel: $("text-label"),
   genOptions: $("gen-options"),
   maxNewTokens: $("max-new-tokens"),
+  beamsField: $("beams-field"),
+  numBeams: $("num-beams"),
+  samplingFields: document.querySelectorAll(".sampling-field"),
   temperature: $("temperature"),
   topP: $("top-p"),
   seed: $("seed"),
@@ -159,6 +164,17 @@ function currentModel() {
 function tasksOf(model) {
   const tasks = [model.kind, ...(model.routes || []).map((r) => ROUTE_TASK[r])];
   return [...new Set(tasks.filter((t) => t in TASK_TITLE))];
+}
+
+/** An encoder-decoder writes a target for its input (translation, summaries): its model
+ *  card says how it decodes when a request is silent. */
+function isSeq2seq(model) {
+  return Boolean(model && model.decoding);
+}
+
+/** The key of TEXT_LABEL / EXAMPLES for a task of the chosen model. */
+function textKey(task) {
+  return task === "generate" && isSeq2seq(currentModel()) ? "seq2seq" : task;
 }
 
 function currentTask() {
@@ -285,6 +301,15 @@ function onModelChange() {
     const shown = model.labels.slice(0, 12).join(", ");
     facts.push(`labels: ${shown}${model.labels.length > 12 ? ", …" : ""}`);
   }
+  const seq2seq = isSeq2seq(model);
+  el.beamsField.hidden = !seq2seq;
+  el.samplingFields.forEach((f) => { f.hidden = seq2seq; });
+  if (seq2seq) {
+    const d = model.decoding;
+    el.numBeams.value = String(d.num_beams);
+    el.maxNewTokens.value = String(d.max_new_tokens);
+    facts.push(`decoding: ${d.num_beams > 1 ? `${d.num_beams} beams` : "greedy"}, up to ${d.max_new_tokens} tokens`);
+  }
   el.modelInfo.textContent = facts.join(" · ");
   onTaskChange();
 }
@@ -301,7 +326,7 @@ let lastExample = null; // the example text the page put in the box, if any
 
 function onTaskChange() {
   const task = currentTask();
-  el.textLabel.textContent = TEXT_LABEL[task] || "Text";
+  el.textLabel.textContent = TEXT_LABEL[textKey(task)] || "Text";
   el.text.placeholder = task === "assist" ? "Ask the assistant something" : "Type or paste text here";
   el.genOptions.hidden = task !== "generate";
   el.corpusField.hidden = task !== "embed";
@@ -311,7 +336,7 @@ function onTaskChange() {
   // Replace the text only if it is empty or still the example of another task.
   const text = el.text.value.trim();
   if (!text || text === lastExample) {
-    el.text.value = EXAMPLES[task] || "";
+    el.text.value = EXAMPLES[textKey(task)] || "";
     lastExample = el.text.value;
   }
   el.run.textContent = RUN_LABEL[task] || "Run";
@@ -561,7 +586,16 @@ function numberOrNull(input) {
 }
 
 async function runGenerate(model, text, signal) {
-  const body = {
+  // An encoder-decoder writes a target (greedy or beams; the card's settings where the
+  // boxes are empty); a causal LM continues the prompt with the sampling settings.
+  const seq2seq = isSeq2seq(currentModel());
+  const body = seq2seq ? {
+    model,
+    input: text,
+    max_new_tokens: numberOrNull(el.maxNewTokens) ?? undefined,
+    num_beams: numberOrNull(el.numBeams) ?? undefined,
+    stream: true,
+  } : {
     model,
     input: text,
     max_new_tokens: numberOrNull(el.maxNewTokens) ?? 32,
@@ -572,10 +606,13 @@ async function runGenerate(model, text, signal) {
   };
   const completion = h("span", { class: "completion", "data-testid": "completion" });
   const finish = h("p", { class: "muted small", "data-testid": "finish-reason" });
+  const cursor = h("span", { class: "cursor", "aria-hidden": "true" });
   showResult(
-    h("h2", {}, "Generation"),
-    h("p", { class: "generation", "data-testid": "generation" },
-      h("span", { class: "prompt" }, text), completion, h("span", { class: "cursor", "aria-hidden": "true" })),
+    h("h2", {}, seq2seq ? "Target" : "Generation"),
+    seq2seq
+      ? h("p", { class: "generation", "data-testid": "generation" }, completion, cursor)
+      : h("p", { class: "generation", "data-testid": "generation" },
+        h("span", { class: "prompt" }, text), completion, cursor),
     finish,
   );
   el.stop.hidden = false;
