@@ -18,7 +18,9 @@ Then, on the 1,014 dev pairs, with the scratch run's best model:
 - throughput of batched beam search, zerolm against Hugging Face `generate` on the same
   weights (exported with zerolm.convert.hf.export_hf), same sources, batch, beams and
   max_new_tokens; tokens/s counts each output's tokens up to its end-of-text, median of
-  --repeats runs; and how often the two return the same target.
+  --repeats runs; and how often the two return the same target;
+- `zerolm compress --method int8-dynamic` of that model (every linear of both stacks):
+  dev BLEU greedy and with beams, weight bytes, and decoding tokens/s against fp32.
 
     python bench/translate_multi30k.py [--out runs/bench_multi30k] [--compare-steps 1500]
         [--beams 4] [--length-penalty 1.0] [--skip short,span] [--threads 2]
@@ -168,6 +170,51 @@ def beam_throughput(model_dir: Path, out: Path, *, beams: int, length_penalty: f
             "same_output": sum(x == y for x, y in zip(rows_a, rows_b)) / len(rows_a)}
 
 
+@torch.no_grad()
+def decode_speed(model_dir: Path, *, n: int, batch: int, repeats: int, **decoding) -> dict:
+    """Tokens/s of batched decoding (greedy or beams) of the first n dev sources by the
+    model in `model_dir` (any directory zerolm.load takes), batches of `batch`."""
+    import zerolm
+    from zerolm.generate import generate_seq2seq
+
+    pred = zerolm.load(model_dir)
+    tok = pred.tokenizer
+    sources, _ = pred.task.read_inputs(DEV)
+    batches = []
+    for s in range(0, min(n, len(sources)), batch):
+        enc = tok.pad(tok.encode_batch(sources[s:s + batch])["input_ids"])
+        batches.append((enc["input_ids"], enc["attention_mask"]))
+    cfg = pred.task.generation_config(**decoding)
+    eos, pad = tok.eos_id, tok.pad_id or 0
+
+    def run():
+        return [generate_seq2seq(pred.model, i, cfg, attention_mask=m, eos_id=eos, pad_id=pad) for i, m in batches]
+
+    tokens = sum(len(_kept(r, eos)) for t in run() for r in t.tolist())  # also the warm-up
+    seconds = median_time(run, repeats)
+    return {"tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds}
+
+
+def int8_variant(best: Path, out: Path, args) -> dict:
+    """`zerolm compress --method int8-dynamic` of the scratch model: dev BLEU (greedy and
+    beams), weight bytes, and decoding tokens/s against the fp32 model, same sources."""
+    from zerolm.cli.main import main as cli
+    from zerolm.compress.save import weight_bytes
+
+    q = out / "int8"
+    if weight_bytes(q) is None:
+        assert cli(["compress", str(best), "--method", "int8-dynamic", "--out", str(q), "--overwrite"]) == 0
+    result = {"bytes_fp32": weight_bytes(best), "bytes_int8": weight_bytes(q)}
+    for name, d in (("fp32", best), ("int8", q)):
+        for label, dec in (("greedy", {"num_beams": 1}),
+                           ("beam", {"num_beams": args.beams, "length_penalty": args.length_penalty})):
+            if name == "int8":
+                result[f"bleu_{label}_int8"] = dev_bleu(d, **dec)["bleu"]
+            result[f"tok_s_{label}_{name}"] = decode_speed(d, n=args.speed_sources, batch=32,
+                                                           repeats=args.repeats, max_new_tokens=80, **dec)["tok_s"]
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/bench_multi30k")
@@ -175,7 +222,7 @@ def main() -> None:
                     help="fine-tuning steps of the pretrained run (its schedule is the scratch run's)")
     ap.add_argument("--beams", type=int, default=4)
     ap.add_argument("--length-penalty", type=float, default=1.0)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: span, short, beam, speed")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: span, short, beam, speed, int8")
     ap.add_argument("--speed-sources", type=int, default=256, help="dev sources timed for tokens/s")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -204,6 +251,10 @@ def main() -> None:
     if "speed" not in skip:
         record["speed"] = beam_throughput(best, out, beams=args.beams, length_penalty=args.length_penalty,
                                           n=args.speed_sources, batch=32, max_new=80, repeats=args.repeats)
+    if "int8" not in skip:
+        q = record["int8"] = int8_variant(best, out, args)
+        rows += [["scratch, int8-dynamic, greedy", "", f"{q['bleu_greedy_int8']:.2f}", ""],
+                 [f"scratch, int8-dynamic, beam {args.beams}", "", f"{q['bleu_beam_int8']:.2f}", ""]]
     if "span" not in skip:
         span = pretrained(out / "span", out / "scratch" / "tokenizer", [threads])
         evals = [json.loads(line) for line in (out / "span" / "metrics.jsonl").read_text().splitlines()]
@@ -233,6 +284,13 @@ def main() -> None:
         s = record["speed"]
         print(f"beam {s['beams']} tokens/s: zerolm {s['zerolm_tok_s']:.0f}, HF generate {s['hf_tok_s']:.0f} "
               f"({s['ratio']:.2f}x); same target for {100 * s['same_output']:.1f}% of {s['sources']} sources")
+    if "int8" in record:
+        q = record["int8"]
+        print(f"int8-dynamic: weights {q['bytes_fp32'] / 1e6:.1f} -> {q['bytes_int8'] / 1e6:.1f} MB "
+              f"({q['bytes_fp32'] / q['bytes_int8']:.2f}x smaller); tokens/s greedy {q['tok_s_greedy_fp32']:.0f} -> "
+              f"{q['tok_s_greedy_int8']:.0f} ({q['tok_s_greedy_int8'] / q['tok_s_greedy_fp32']:.2f}x), beam "
+              f"{q['tok_s_beam_fp32']:.0f} -> {q['tok_s_beam_int8']:.0f} "
+              f"({q['tok_s_beam_int8'] / q['tok_s_beam_fp32']:.2f}x)")
 
 
 if __name__ == "__main__":
