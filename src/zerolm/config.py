@@ -593,6 +593,7 @@ class StudentConfig:
     n_heads: int = 0  # attention heads; 0: the teacher's (attention / minilm losses need the same,
     # unless distill.relation_heads is set)
     d_ff: int = 0  # feed-forward width; 0: the teacher's
+    n_decoder_layers: int = 0  # an encoder-decoder (t5): decoder blocks; 0: as many as the student's encoder
     # teacher_layers | bottom | teacher_embeddings (projected to a narrower width; blocks random)
     # | random | a model directory to start from
     init: str = "teacher_layers"

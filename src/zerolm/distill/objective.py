@@ -7,8 +7,9 @@ forward. The loss is a weighted sum of any subset of:
 
 - `hard`: the task's own loss on the labels;
 - `soft`: the teacher's output distribution at temperature T as targets (Hinton et al.
-  2015): classes, per-word tags, or, for a causal LM, next tokens over the vocabulary in
-  chunks (never the (B, T, V) logits of either model);
+  2015): classes, per-word tags, or, for a causal LM and an encoder-decoder's target
+  tokens (word-level KD, Kim & Rush 2016), next tokens over the vocabulary in chunks
+  (never the (B, T, V) logits of either model);
 - `embedding`, `hidden`, `attention`: TinyBERT's embedding-output, hidden-state (through a
   learned projection when the widths differ) and attention-map MSE, student layer i
   against teacher layer `layer_map[i]`;
@@ -116,6 +117,8 @@ class Distilled(nn.Module):
                 intent_labels=None, teacher: dict[str, Any] | None = None):
         if teacher is None:
             return self.student(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if self.kind == "seq2seq":
+            return self._seq2seq(input_ids, attention_mask, labels, teacher)
         body, w = body_of(self.student), self.w
         need_h, need_a = _needs(w)
         with _captured(body, _projections(w)) as proj:
@@ -181,6 +184,21 @@ class Distilled(nn.Module):
         total = sum(getattr(w, k) * v for k, v in losses.items())
         return total, {f"{k}_loss": v.detach() for k, v in losses.items()}
 
+    def _seq2seq(self, input_ids, attention_mask, labels, teacher: dict[str, Any]):
+        """An encoder-decoder student on the target tokens (teacher forcing): the labels'
+        cross-entropy (hard) and the teacher's next-token distributions (soft)."""
+        w, student = self.w, self.student
+        h = student.head_input(student.decoder_states(input_ids, attention_mask, labels))  # (B, T, D)
+        head = student.lm_head.weight  # (V, D)
+        losses: dict[str, torch.Tensor] = {}
+        if w.hard:
+            losses["hard"] = linear_cross_entropy(h.flatten(0, 1), head, labels.flatten(), IGNORE_INDEX)
+        if w.soft:
+            losses["soft"] = chunked_lm_kl(h, head, teacher["hidden"], teacher["head_weight"], temperature=w.temperature,
+                                           mask=labels != IGNORE_INDEX)
+        total = sum(getattr(w, k) * v for k, v in losses.items())
+        return total, {f"{k}_loss": v.detach() for k, v in losses.items()}
+
 
 class DistillObjective:
     """The loop's objective: the teacher's outputs (no gradients), then the student's loss."""
@@ -197,6 +215,10 @@ class DistillObjective:
     def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         if not needs_teacher(self.w):  # the labels alone (kd_baseline): the teacher would idle
             return {}
+        if self.kind == "seq2seq":  # the decoder's states on the target, as its LM head reads them
+            t = self.teacher
+            h = t.decoder_states(batch["input_ids"], batch.get("attention_mask"), batch["labels"])
+            return {"hidden": t.head_input(h), "head_weight": t.lm_head.weight}
         body = body_of(self.teacher)
         need_h, need_a = _needs(self.w)
         with _captured(body, _projections(self.w)) as proj:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,21 @@ import torch
 from torch import nn
 
 
-def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 10) -> float:
-    """Median milliseconds of one inference forward pass over `batch` (two warm-up passes)."""
+def forward_pass(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+    """One inference forward pass over `batch` (what latency_ms times by default)."""
+    return model(batch["input_ids"], **{k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch})
+
+
+def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 10,
+               run: Callable[[nn.Module, dict], Any] = forward_pass) -> float:
+    """Median milliseconds of `run(model, batch)` (a forward pass; an encoder-decoder's
+    decoding), two warm-up runs first."""
     model.eval()
-    args = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
     times = []
     with torch.inference_mode():
         for i in range(repeats + 2):
             t = time.perf_counter()
-            model(batch["input_ids"], **args)
+            run(model, batch)
             if i >= 2:
                 times.append(time.perf_counter() - t)
     return 1e3 * statistics.median(times)
@@ -36,10 +43,11 @@ LATENCY_THREADS = 2  # the thread count latency is quoted at, whatever the run t
 
 
 def compare(teacher: nn.Module, student: nn.Module, dev_batch: dict[str, torch.Tensor], *,
-            repeats: int = 10, threads: int = LATENCY_THREADS) -> dict[str, Any]:
-    """Latency (median ms) of both models on the first row of `dev_batch` and on all of it,
-    and the speed-ups, at `threads` torch threads (fewer when this process may use fewer
-    CPUs; the count is recorded)."""
+            repeats: int = 10, threads: int = LATENCY_THREADS,
+            run: Callable[[nn.Module, dict], Any] = forward_pass) -> dict[str, Any]:
+    """Latency (median ms of `run`, a forward pass by default) of both models on the first
+    row of `dev_batch` and on all of it, and the speed-ups, at `threads` torch threads
+    (fewer when this process may use fewer CPUs; the count is recorded)."""
     one = {k: v[:1] for k, v in dev_batch.items() if torch.is_tensor(v)}
     full = {k: v for k, v in dev_batch.items() if torch.is_tensor(v)}
     before = torch.get_num_threads()
@@ -50,7 +58,7 @@ def compare(teacher: nn.Module, student: nn.Module, dev_batch: dict[str, torch.T
                                "tokens_per_row": int(full["input_ids"].shape[1]),
                                "threads": torch.get_num_threads(), "repeats": repeats}
         for name, model in (("teacher", teacher), ("student", student)):
-            out[f"{name}_ms"] = [latency_ms(model, one, repeats), latency_ms(model, full, repeats)]
+            out[f"{name}_ms"] = [latency_ms(model, one, repeats, run), latency_ms(model, full, repeats, run)]
     finally:
         torch.set_num_threads(before)
     out["speedup"] = [t / s for t, s in zip(out["teacher_ms"], out["student_ms"])]

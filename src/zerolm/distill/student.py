@@ -17,7 +17,7 @@ from zerolm.models import ModelConfig, body_of, build_model
 
 log = logging.getLogger(__name__)
 
-SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff")
+SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "n_decoder_layers")
 INITS = ("teacher_layers", "bottom", "teacher_embeddings", "teacher_pruned", "random")  # else a model directory
 
 
@@ -25,6 +25,10 @@ def student_config(teacher: ModelConfig, shape: dict[str, int]) -> ModelConfig:
     """The teacher's config with the student's shape (a 0 keeps the teacher's value);
     per-layer shapes and head sizes of the teacher are not carried over."""
     over = {k: v for k, v in shape.items() if k in SHAPE_KEYS and v}
+    if over.get("n_decoder_layers") and teacher.family != "t5":
+        raise ValueError(f"student.n_decoder_layers: the teacher ({teacher.family}) has no decoder stack")
+    if teacher.family == "t5":  # 0: as many decoder blocks as the student's encoder has
+        over.setdefault("n_decoder_layers", over.get("n_layers", teacher.n_layers))
     cfg = dataclasses.replace(teacher, layers=[], head_dim=0, **over)
     if cfg.d_model % cfg.n_heads:
         raise ValueError(f"student.d_model {cfg.d_model} is not divisible by student.n_heads {cfg.n_heads}")
@@ -63,27 +67,36 @@ def initialise(student: nn.Module, teacher: nn.Module, how: str, layers: list[in
         raise ValueError(f"student.init {how!r} copies teacher weights, which needs the teacher's width "
                          f"(d_model {t_body.config.d_model}, student {s_body.config.d_model}); use "
                          "student.init=random with a narrower student")
+    # an encoder-decoder's decoder stack chooses its blocks the same way, among its own
+    s_dec, t_dec = getattr(s_body, "decoder", None), getattr(t_body, "decoder", None)
+    Ls_dec, Lt_dec = (len(s_dec.blocks), len(t_dec.blocks)) if s_dec is not None else (0, 0)
     if how == "bottom":
-        chosen = list(range(Ls))
+        chosen, chosen_dec = list(range(Ls)), list(range(Ls_dec))
     elif how == "teacher_layers":
         chosen = _chosen_layers(layers, Ls, Lt)
+        chosen_dec = default_layers(Ls_dec, Lt_dec) if Ls_dec else []
     else:
         raise ValueError(f"student.init must be teacher_layers, bottom, teacher_embeddings, teacher_pruned, random "
                          f"or a model directory, got {how!r}")
+    if len(chosen_dec) != Ls_dec:
+        raise ValueError(f"student.init {how}: the student's decoder has {Ls_dec} blocks, the teacher's {Lt_dec}; "
+                         "a student copies no more blocks than the teacher has")
     t_sd = teacher.state_dict()
     copied = 0
     with torch.no_grad():
         for name, p in student.state_dict().items():
             src = name
             parts = name.split(".")
-            if "blocks" in parts:  # body.blocks.i.* <- body.blocks.chosen[i].*
+            if "blocks" in parts:  # body.blocks.i.* <- body.blocks.chosen[i].* (decoder.blocks: chosen_dec)
                 k = parts.index("blocks")
-                parts[k + 1] = str(chosen[int(parts[k + 1])])
+                pick = chosen_dec if k and parts[k - 1] == "decoder" else chosen
+                parts[k + 1] = str(pick[int(parts[k + 1])])
                 src = ".".join(parts)
             if src in t_sd and t_sd[src].shape == p.shape:
                 p.copy_(t_sd[src])
                 copied += 1
-    return f"{copied} tensors from the teacher (blocks {chosen})"
+    return f"{copied} tensors from the teacher (blocks {chosen}" + (f", decoder blocks {chosen_dec})" if s_dec
+                                                                     is not None else ")")
 
 
 def _chosen_layers(layers: list[int] | None, Ls: int, Lt: int) -> list[int]:
@@ -152,6 +165,9 @@ def _pruned_from(student: nn.Module, teacher: nn.Module, layers: list[int] | Non
     if not sample:
         raise ValueError("student.init teacher_pruned ranks channels, heads and neurons by their activations: "
                          "it needs sample batches of the training data")
+    if getattr(body_of(teacher), "decoder", None) is not None:
+        raise ValueError("student.init teacher_pruned covers encoders and decoder-only models; for an "
+                         "encoder-decoder use teacher_layers, bottom, teacher_embeddings or random")
     s_body, t_body = body_of(student), body_of(teacher)
     sc, tc = s_body.config, t_body.config
     Ls, Lt = len(s_body.blocks), len(t_body.blocks)

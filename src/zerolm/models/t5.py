@@ -389,16 +389,23 @@ class Seq2SeqLM(nn.Module):
         if label_smoothing > 0:  # needs every logit: the (B T, V) logits are formed
             return F.cross_entropy(self.head(h).flatten(0, 1).float(), labels.flatten(),
                                    ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
-        return linear_cross_entropy(self._head_input(h).flatten(0, 1), self.lm_head.weight, labels.flatten(),
+        return linear_cross_entropy(self.head_input(h).flatten(0, 1), self.lm_head.weight, labels.flatten(),
                                     IGNORE_INDEX)
 
-    def _head_input(self, h: torch.Tensor) -> torch.Tensor:
-        # T5 rescales the states before a head tied to the embeddings (std-1 rows)
+    def decoder_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                       labels: torch.Tensor) -> torch.Tensor:
+        """The decoder's final states (B, T, D) on the target `labels` (teacher forcing)."""
+        enc = self.encode(input_ids, attention_mask)
+        return self.body.decode(shift_right(labels, self.start_id), enc, attention_mask)
+
+    def head_input(self, h: torch.Tensor) -> torch.Tensor:
+        """Decoder states as the LM head reads them: T5 rescales them by d_model^-0.5 before
+        a head tied to the embeddings (std-1 rows)."""
         return h * self.config.d_model ** -0.5 if self.config.tie_embeddings else h
 
     def head(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits (B, T, V) from decoder states (B, T, D)."""
-        return self.lm_head(self._head_input(h))
+        return self.lm_head(self.head_input(h))
 
     def new_cache(self, batch: int, max_len: int | None = None) -> Seq2SeqCache:
         return self.body.new_cache(batch, max_len)

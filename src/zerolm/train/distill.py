@@ -27,6 +27,7 @@ import torch
 
 from zerolm.atomic import atomic_write_text
 from zerolm.config import (
+    INTERMEDIATE_LOSSES,
     ConfigError,
     DistillConfig,
     DistillLossConfig,
@@ -248,9 +249,15 @@ def _task_stage(cfg: DistillConfig, teacher, device, resume, out: Path, init: st
         raise ConfigError(f"teacher {cfg.teacher}: task distillation needs a fine-tuned model (a run's best/) or "
                           "a causal LM; this one has no task head (for general distillation alone, set "
                           "general.data.train and leave data.train empty)")
-    if kind not in ("classify", "tag", "intent_slots", "clm"):
+    if kind not in ("classify", "tag", "intent_slots", "clm", "seq2seq"):
         raise ConfigError(f"teacher {cfg.teacher}: task distillation covers classifiers, taggers, joint intent "
-                          f"+ slot models and causal LMs, not task {kind!r}")
+                          f"+ slot models, causal LMs and seq2seq models, not task {kind!r}")
+    if kind == "seq2seq":
+        extra = [k for k in INTERMEDIATE_LOSSES if getattr(cfg.distill, k)]
+        if extra:
+            raise ConfigError(f"distill.{extra[0]}: a seq2seq student learns the teacher's target-token "
+                              "distributions (distill.soft) and the labels (distill.hard); the intermediate "
+                              "losses compare encoder layers and are not implemented for encoder-decoders")
     tr = cfg.train
     micro = tr.grad_accum * dist.world_size()
     train_data, dev_data = _task_data(cfg, teacher, micro)
@@ -291,6 +298,20 @@ def _task_stage(cfg: DistillConfig, teacher, device, resume, out: Path, init: st
 
 
 # ------------------------------------------------------------------------------ report
+def _greedy_targets(task):
+    """run(model, batch) for the latency report of a seq2seq task: greedy targets."""
+    from zerolm.generate import generate_seq2seq
+
+    cfg = task.generation_config(num_beams=1)
+    tok = task.tokenizer
+
+    def run(model, batch):
+        return generate_seq2seq(model, batch["input_ids"], cfg, attention_mask=batch.get("attention_mask"),
+                                eos_id=tok.eos_id, pad_id=tok.pad_id or 0)
+
+    return run
+
+
 def _report(cfg, teacher, student, task, dev_data, result, out: Path, baseline, general) -> dict:
     """Teacher vs student (and kd_baseline) on dev: the headline metric, parameters, size
     on disk and latency (distill.json and distill.png)."""
@@ -331,7 +352,12 @@ def _report(cfg, teacher, student, task, dev_data, result, out: Path, baseline, 
     timed = copy.copy(dev_data)
     timed.batch_size = LATENCY_BATCH
     first = next(iter(timed.eval_batches(1)))
-    report["latency"] = compare(teacher.model, student, first, repeats=cfg.distill.latency_repeats)
+    if hasattr(task, "generation_config"):  # an encoder-decoder: the time to write the batch's targets (greedy)
+        report["latency"] = compare(teacher.model, student, first, repeats=cfg.distill.latency_repeats,
+                                    run=_greedy_targets(task))
+        report["latency"]["what"] = "greedy decoding of the targets"
+    else:
+        report["latency"] = compare(teacher.model, student, first, repeats=cfg.distill.latency_repeats)
     report["student_bytes"] = dir_size(_model_dir(out)) if _model_dir(out).is_dir() else None
     report["teacher_bytes"] = dir_size(resolve_model_path(cfg.teacher))
     atomic_write_text(out / REPORT, json.dumps(report, indent=2))
