@@ -50,8 +50,9 @@ def run(args) -> int:
             print(f"kd_baseline (same student on the labels alone) {m} {b:.4f}"
                   + (f": distillation added {gain:+.4f}" if gain is not None else ""))
         lat = report["latency"]
-        print("latency " + ", ".join(f"batch {b}: {t:.1f} vs {s_:.1f} ms ({x:.2f}x)" for b, t, s_, x in zip(
-            lat["batch_sizes"], lat["teacher_ms"], lat["student_ms"], lat["speedup"])))
+        timed = ", ".join(f"batch {b}: {t:.1f} vs {s_:.1f} ms ({x:.2f}x)" for b, t, s_, x in zip(
+            lat["batch_sizes"], lat["teacher_ms"], lat["student_ms"], lat["speedup"]))
+        print(f"latency ({lat.get('what', 'a forward pass')}) {timed}")
         print(f"student: {result.out_dir / 'best'}   report: {result.out_dir / 'distill.json'}, distill.png")
     dist.teardown()
     return 0
