@@ -9,9 +9,15 @@ it unchanged:
   (B, T, V), with `new_cache` / `cache.reorder` as `zerolm.generate` uses them; the past
   keys and values go into the graph and its present ones come back into the cache;
 - a plain encoder: a `Body` whose forward returns the last hidden state (what
-  `Predictor.embed` reads).
+  `Predictor.embed` reads);
+- an encoder-decoder LM (T5): three graphs, run as `zerolm.generate.generate_seq2seq`
+  runs a PyTorch `Seq2SeqLM` (`encode`, `new_cache`, `model(decoder_input_ids=, ...)`):
+  the encoder once per source, the cross-attention keys and values of every decoder
+  layer once per source (on the first decoder call, as the PyTorch decoder computes
+  them), then the decoder one step at a time over its own past keys and values.
 
-Shape letters: B batch, T tokens, S past + T, C classes or tags, H heads, Dh head size.
+Shape letters: B batch, T tokens, S past + T (causal LM) or source tokens (seq2seq),
+P past target tokens, C classes or tags, H heads, Dh head size, D d_model, V vocabulary.
 """
 
 from __future__ import annotations
@@ -27,11 +33,17 @@ from torch import nn
 from zerolm.errors import CheckpointError, ConfigError
 from zerolm.models import ModelConfig
 from zerolm.models.body import Body, BodyOutput
+from zerolm.models.t5 import Seq2SeqCache
 
 MANIFEST = "onnx.json"  # names the graphs, their inputs and outputs, the parity check
 FORMAT = "zerolm-onnx"
 CRF_FILE = "crf.json"  # a tagger's CRF scores (forbidden moves already at -10000)
 GRAPH_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+# an encoder-decoder's graphs: encoder (ids -> states), memory (states -> every decoder
+# layer's cross-attention keys / values), decoder (one step over its past keys / values)
+SEQ2SEQ_PARTS = ("encoder", "memory", "decoder")
+SEQ2SEQ_FILES = {precision: {part: f"{part}.onnx" if precision == "fp32" else f"{part}.{precision}.onnx"
+                             for part in SEQ2SEQ_PARTS} for precision in ("fp32", "int8")}
 
 
 def is_onnx_dir(path: str | os.PathLike) -> bool:
@@ -185,6 +197,109 @@ class OnnxCausalLM(OnnxModel):
         return torch.from_numpy(logits)
 
 
+class OnnxSeq2SeqCache(Seq2SeqCache):
+    """Seq2SeqCache over numpy arrays: the decoder's own past keys and values (`self_kv`,
+    an OnnxCache grown by each step) and the source's cross-attention keys and values with
+    its mask (`memory`, `memory_mask` int64 (B, S)), set on the first decoder call."""
+
+    def __init__(self, shapes: list[tuple[int, int]], batch: int, max_len: int):
+        super().__init__(OnnxCache(shapes, batch, max_len))
+
+    def reorder_memory(self, rows: torch.Tensor) -> None:
+        super().reorder_memory(_np(rows).astype(np.int64))
+
+
+class OnnxSeq2SeqLM(OnnxModel):
+    """An encoder-decoder LM (T5) as three graphs, with the interface `generate_seq2seq`
+    and the seq2seq task use on a PyTorch `Seq2SeqLM`: `start_id`, `encode(ids, mask)`,
+    `new_cache(batch, max_len)` and `model(decoder_input_ids=, encoder_states=,
+    attention_mask=, cache=)` -> logits (B, T, V). The LM head (with T5's rescaling of a
+    head tied to the embeddings) is inside the decoder graph."""
+
+    # Predictor.is_seq2seq tells an encoder-decoder LM from a T5 classifier by its
+    # `lm_head`; here the head is inside the decoder graph and this attribute only marks it
+    lm_head = None
+
+    def __init__(self, sessions: dict, config: ModelConfig, manifest: dict, path: Path):
+        super().__init__(sessions["encoder"], config, manifest, path)
+        self.sessions = sessions
+        self.names = {part: {i.name for i in s.get_inputs()} for part, s in sessions.items()}
+        # (H, Dh) of each decoder layer's self-attention cache, as the graph takes its past
+        past = {i.name: i.shape for i in sessions["decoder"].get_inputs() if i.name.startswith("past.")}
+        self._shapes = [(past[f"past.{i}.key"][1], past[f"past.{i}.key"][3]) for i in range(len(past) // 2)]
+
+    @property
+    def start_id(self) -> int:
+        return self.config.pad_id  # the decoder starts from the pad token, as T5's does
+
+    def _run(self, part: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sessions[part].run(None, {k: v for k, v in feed.items() if k in self.names[part]})
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """(H, Dh) of each decoder layer's self-attention cache (T5Decoder.layer_shapes)."""
+        return list(self._shapes)
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> OnnxSeq2SeqCache:
+        return OnnxSeq2SeqCache(self.layer_shapes(), batch, max_len or self.config.max_seq_len)
+
+    def encode(self, input_ids, attention_mask=None, **unsupported) -> torch.Tensor:
+        """Encoder states (B, S, D) of the sources (B, S)."""
+        asked = sorted(k for k, v in unsupported.items() if v is not None)
+        if asked:
+            raise ValueError(f"an ONNX encoder-decoder encodes input_ids and attention_mask only (got {asked}); "
+                             "load the PyTorch model for more")
+        ids = _np(input_ids).astype(np.int64)  # (B, S)
+        mask = np.ones_like(ids) if attention_mask is None else _np(attention_mask).astype(np.int64)
+        return torch.from_numpy(self._run("encoder", {"input_ids": ids, "attention_mask": mask})[0])
+
+    def memory(self, encoder_states) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Cross-attention keys and values (B, H, S, Dh) of every decoder layer."""
+        out = self._run("memory", {"encoder_states": _np(encoder_states).astype(np.float32)})
+        return list(zip(out[0::2], out[1::2]))
+
+    def forward(self, input_ids=None, *, attention_mask=None, decoder_input_ids=None,
+                decoder_attention_mask=None, labels=None, encoder_states=None,
+                cache: OnnxSeq2SeqCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V) of the next target token after each of `decoder_input_ids`
+        (B, T), over the sources `input_ids` (B, S) or their `encoder_states` (B, S, D)
+        (neither once `cache` holds the source's keys and values); a given `cache` is read
+        and advanced by T, as Seq2SeqCache is."""
+        if labels is not None or decoder_input_ids is None:
+            raise ValueError("an ONNX encoder-decoder takes decoder_input_ids and returns logits (no labels, "
+                             "no loss); load the PyTorch model to train")
+        dec = _np(decoder_input_ids).astype(np.int64)  # (B, T)
+        B, T = dec.shape
+        if decoder_attention_mask is not None and not bool((_np(decoder_attention_mask) != 0).all()):
+            raise ValueError("an ONNX encoder-decoder takes unpadded targets (decoder_attention_mask all 1s); "
+                             "a row that ends leaves the batch instead")
+        if cache is not None and cache.memory is not None:
+            memory, memory_mask = cache.memory, cache.memory_mask
+        else:
+            if encoder_states is None:
+                if input_ids is None:
+                    raise ValueError("the decoder needs input_ids or encoder_states on its first call")
+                encoder_states = self.encode(input_ids, attention_mask)
+            memory = self.memory(encoder_states)
+            S = memory[0][0].shape[2]
+            memory_mask = (np.ones((B, S), dtype=np.int64) if attention_mask is None
+                           else _np(attention_mask).astype(np.int64))
+            if cache is not None:
+                cache.memory, cache.memory_mask = memory, memory_mask
+        past = cache.self_kv if cache is not None else self.new_cache(B).self_kv
+        if cache is not None and past.length + T > past.max_len:
+            raise ValueError(f"KV cache is full: {past.length + T} positions > max_len {past.max_len}")
+        feed = {"decoder_input_ids": dec, "encoder_attention_mask": memory_mask}
+        for i, (k, v) in enumerate(memory):
+            feed[f"cross.{i}.key"], feed[f"cross.{i}.value"] = k, v
+        for i in range(len(past.k)):
+            feed[f"past.{i}.key"], feed[f"past.{i}.value"] = past.k[i], past.v[i]
+        logits, *present = self._run("decoder", feed)
+        if cache is not None:
+            past.k, past.v = present[0::2], present[1::2]  # (B, H, P + T, Dh) per layer
+            past.length += T
+        return torch.from_numpy(logits)
+
+
 class ViterbiCRF(nn.Module):
     """A linear-chain CRF's decoding (Viterbi) and loss (forward algorithm) in numpy, over
     the scores `zerolm.models.crf.CRF` decodes with (forbidden moves at -10000). Takes and
@@ -248,7 +363,9 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 
 def load_onnx(path: str | os.PathLike, device: str | torch.device = "cpu", *, threads: int | None = None):
     """(model, tokenizer or None, task or None, task.json or {}) of an exported directory;
-    `path` may also name one of its graphs (e.g. DIR/model.int8.onnx; default model.onnx)."""
+    `path` may also name one of its graphs (e.g. DIR/model.int8.onnx; default model.onnx;
+    for an encoder-decoder any of its graphs, e.g. DIR/decoder.int8.onnx, picks the three of
+    that precision; default the fp32 ones)."""
     from zerolm.models import build_model
     from zerolm.tasks import CompletionTask, finetune_task
     from zerolm.tokenizers import Tokenizer
@@ -259,9 +376,23 @@ def load_onnx(path: str | os.PathLike, device: str | torch.device = "cpu", *, th
         raise ConfigError(f"{path}: an ONNX model runs on onnxruntime's CPU provider; load it with "
                           f"device='cpu' (got {device}), or load the PyTorch model for {device}")
     manifest = read_manifest(directory)
-    graph = path if path.is_file() else directory / manifest["files"]["fp32"]
-    if not graph.is_file():
-        raise CheckpointError(f"{graph}: ONNX graph not found")
+    kind = manifest["kind"]
+    if kind == "seq2seq_lm":
+        # the three graphs of one precision: the one `path` names a graph of, else fp32
+        sets = manifest["files"]
+        precision = next((p for p, parts in sets.items() if path.name in parts.values()),
+                         None) if path.is_file() else "fp32"
+        if precision is None:
+            raise CheckpointError(f"{path}: not one of the graphs of {directory} "
+                                  f"({', '.join(f for parts in sets.values() for f in parts.values())})")
+        graphs = {part: directory / f for part, f in sets[precision].items()}
+        graph = graphs["decoder"]
+    else:
+        graph = path if path.is_file() else directory / manifest["files"]["fp32"]
+        graphs = {"model": graph}
+    for g in graphs.values():
+        if not g.is_file():
+            raise CheckpointError(f"{g}: ONNX graph not found")
     try:
         config = ModelConfig.from_dict(json.loads((directory / "model_config.json").read_text()))
     except (OSError, ValueError, TypeError) as e:
@@ -269,14 +400,15 @@ def load_onnx(path: str | os.PathLike, device: str | torch.device = "cpu", *, th
     tok = Tokenizer.load(directory / "tokenizer") if (directory / "tokenizer").exists() else None
     meta_path = directory / "task.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-    sess, kind = session(graph, threads), manifest["kind"]
-    if kind == "causal_lm":
-        model = OnnxCausalLM(sess, config, manifest, graph)
+    if kind == "seq2seq_lm":
+        model = OnnxSeq2SeqLM({part: session(g, threads) for part, g in graphs.items()}, config, manifest, graph)
+    elif kind == "causal_lm":
+        model = OnnxCausalLM(session(graph, threads), config, manifest, graph)
     elif kind == "encoder":
-        model = OnnxEncoder(sess, config, manifest, graph)
+        model = OnnxEncoder(session(graph, threads), config, manifest, graph)
     else:
         crf = ViterbiCRF.load(directory / CRF_FILE) if manifest.get("crf") else None
-        model = OnnxTaskModel(sess, config, manifest, graph, crf)
+        model = OnnxTaskModel(session(graph, threads), config, manifest, graph, crf)
     task = None
     if meta:
         # the task (labels, columns, max length) as PyTorch loading rebuilds it; the module

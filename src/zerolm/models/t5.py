@@ -191,6 +191,11 @@ class T5Decoder(nn.Module):
     def layer_shapes(self) -> list[tuple[int, int]]:
         return [(self.config.n_heads, self.config.default_head_dim)] * len(self.blocks)
 
+    def memory(self, enc: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Cross-attention keys and values (B, H, S, Dh) of every block, for encoder states
+        (B, S, D): what the first decoding step computes and the cache keeps."""
+        return [blk.cross_attn.memory(enc) for blk in self.blocks]
+
     def forward(self, x: torch.Tensor, enc: torch.Tensor | None, enc_mask: torch.Tensor | None,
                 attention_mask: torch.Tensor | None = None, cache: Seq2SeqCache | None = None) -> torch.Tensor:
         """x (B, T, D) target embeddings; enc (B, S, D) encoder states (None when the cache
@@ -202,7 +207,7 @@ class T5Decoder(nn.Module):
         else:
             if enc is None:
                 raise ValueError("the decoder needs the encoder states on its first call")
-            memory = [blk.cross_attn.memory(enc) for blk in self.blocks]
+            memory = self.memory(enc)
             memory_mask = source_mask(enc_mask)
             if cache is not None:
                 cache.memory, cache.memory_mask = memory, memory_mask
