@@ -20,7 +20,9 @@ Then, on the 1,014 dev pairs, with the scratch run's best model:
   max_new_tokens; tokens/s counts each output's tokens up to its end-of-text, median of
   --repeats runs; and how often the two return the same target;
 - `zerolm compress --method int8-dynamic` of that model (every linear of both stacks):
-  dev BLEU greedy and with beams, weight bytes, and decoding tokens/s against fp32.
+  dev BLEU greedy and with beams, weight bytes, and decoding tokens/s against fp32;
+- `zerolm export onnx --int8` of that model: dev BLEU and decoding tokens/s of the fp32
+  and int8 graphs.
 
     python bench/translate_multi30k.py [--out runs/bench_multi30k] [--compare-steps 1500]
         [--beams 4] [--length-penalty 1.0] [--skip short,span] [--threads 2]
@@ -215,6 +217,24 @@ def int8_variant(best: Path, out: Path, args) -> dict:
     return result
 
 
+def onnx_variant(best: Path, out: Path, args) -> dict:
+    """`zerolm export onnx --int8` of the scratch model: dev BLEU (greedy and beams) and
+    decoding tokens/s of the fp32 and int8 graphs (onnxruntime, --threads threads)."""
+    from zerolm.cli.main import main as cli
+
+    d = out / "onnx"
+    if not (d / "onnx.json").exists():
+        assert cli(["export", "onnx", str(best), "--out", str(d), "--int8", "--overwrite"]) == 0
+    result = {}
+    for name, graph in (("fp32", d), ("int8", d / "decoder.int8.onnx")):
+        for label, dec in (("greedy", {"num_beams": 1}),
+                           ("beam", {"num_beams": args.beams, "length_penalty": args.length_penalty})):
+            result[f"bleu_{label}_{name}"] = dev_bleu(graph, **dec)["bleu"]
+            result[f"tok_s_{label}_{name}"] = decode_speed(graph, n=args.speed_sources, batch=32,
+                                                           repeats=args.repeats, max_new_tokens=80, **dec)["tok_s"]
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/bench_multi30k")
@@ -222,7 +242,8 @@ def main() -> None:
                     help="fine-tuning steps of the pretrained run (its schedule is the scratch run's)")
     ap.add_argument("--beams", type=int, default=4)
     ap.add_argument("--length-penalty", type=float, default=1.0)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: span, short, beam, speed, int8")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to skip: span, short, beam, speed, int8, onnx")
     ap.add_argument("--speed-sources", type=int, default=256, help="dev sources timed for tokens/s")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -255,6 +276,12 @@ def main() -> None:
         q = record["int8"] = int8_variant(best, out, args)
         rows += [["scratch, int8-dynamic, greedy", "", f"{q['bleu_greedy_int8']:.2f}", ""],
                  [f"scratch, int8-dynamic, beam {args.beams}", "", f"{q['bleu_beam_int8']:.2f}", ""]]
+    if "onnx" not in skip:
+        o = record["onnx"] = onnx_variant(best, out, args)
+        rows += [["scratch, ONNX fp32, greedy / beam", "", f"{o['bleu_greedy_fp32']:.2f} / {o['bleu_beam_fp32']:.2f}",
+                  ""],
+                 ["scratch, ONNX int8, greedy / beam", "", f"{o['bleu_greedy_int8']:.2f} / {o['bleu_beam_int8']:.2f}",
+                  ""]]
     if "span" not in skip:
         span = pretrained(out / "span", out / "scratch" / "tokenizer", [threads])
         evals = [json.loads(line) for line in (out / "span" / "metrics.jsonl").read_text().splitlines()]
@@ -284,6 +311,9 @@ def main() -> None:
         s = record["speed"]
         print(f"beam {s['beams']} tokens/s: zerolm {s['zerolm_tok_s']:.0f}, HF generate {s['hf_tok_s']:.0f} "
               f"({s['ratio']:.2f}x); same target for {100 * s['same_output']:.1f}% of {s['sources']} sources")
+    if "onnx" in record:
+        o = record["onnx"]
+        print("ONNX tokens/s: " + ", ".join(f"{k[6:]} {v:.0f}" for k, v in o.items() if k.startswith("tok_s_")))
     if "int8" in record:
         q = record["int8"]
         print(f"int8-dynamic: weights {q['bytes_fp32'] / 1e6:.1f} -> {q['bytes_int8'] / 1e6:.1f} MB "
