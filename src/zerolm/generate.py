@@ -314,7 +314,7 @@ def generate_seq2seq(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
         return _sample_seq2seq(model, enc, mask, cfg, eos_id, pad_id, tokenizer, on_step)
     out = _beam_search(model, enc, mask, cfg, eos_id, pad_id)
     if on_step is not None:
-        _replay(out, eos_id, on_step)
+        _replay(out, eos_id, pad_id, on_step)
     return out
 
 
@@ -333,11 +333,13 @@ def beam_search(model, input_ids: torch.Tensor, cfg: GenerationConfig, *,
     return _beam_search(model, model.encode(src, mask), mask, cfg, eos_id, pad_id)
 
 
-def _replay(out: torch.Tensor, eos_id: int | None, on_step) -> None:
+def _replay(out: torch.Tensor, eos_id: int | None, pad_id: int, on_step) -> None:
     """Hand finished targets (B, N) to `on_step` one step at a time, as if decoded so."""
     rows = out.tolist()
-    # a row runs through its end-of-text; a row without one ran to max_new_tokens, the width
-    ends = [row.index(eos_id) + 1 if eos_id is not None and eos_id in row else len(row) for row in rows]
+    # a row runs through its end-of-text; a row without one ran to max_new_tokens (the
+    # width), or is all padding (a source that found no hypothesis)
+    ends = [row.index(eos_id) + 1 if eos_id is not None and eos_id in row
+            else (0 if all(t == pad_id for t in row) else len(row)) for row in rows]
     for n in range(out.shape[1]):
         live = [b for b in range(len(rows)) if ends[b] > n]
         if not live:
@@ -483,16 +485,25 @@ def _add_hyp(hyps: list[tuple[float, list[int]]], k: int, score: float, tokens: 
     del hyps[k:]
 
 
-def generate_seq2seq_texts(model, tokenizer, sources: list[str], cfg: GenerationConfig, *,
-                           max_source_length: int | None = None) -> list[str]:
-    """The target text an encoder-decoder writes for each source, in order."""
-    if not sources:
-        return []
+def generate_seq2seq_ids(model, tokenizer, sources: list[str], cfg: GenerationConfig, *,
+                         max_source_length: int | None = None,
+                         on_step: Callable[[list[int], list[int], list[bool]], None] | None = None) -> torch.Tensor:
+    """The target ids (B, N) an encoder-decoder writes for source texts (each cut to
+    `max_source_length` tokens, its end-of-text kept), batched; `on_step` as in
+    `generate_seq2seq`."""
     from zerolm.data.pairs import encode_sources
 
     enc, _ = encode_sources(tokenizer, sources, max_source_length or model.config.max_seq_len)
     b = tokenizer.pad(enc)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    new = generate_seq2seq(model, b["input_ids"], cfg, attention_mask=b["attention_mask"],
-                           eos_id=tokenizer.eos_id, pad_id=pad, tokenizer=tokenizer)
+    return generate_seq2seq(model, b["input_ids"], cfg, attention_mask=b["attention_mask"],
+                            eos_id=tokenizer.eos_id, pad_id=pad, tokenizer=tokenizer, on_step=on_step)
+
+
+def generate_seq2seq_texts(model, tokenizer, sources: list[str], cfg: GenerationConfig, *,
+                           max_source_length: int | None = None) -> list[str]:
+    """The target text an encoder-decoder writes for each source, in order."""
+    if not sources:
+        return []
+    new = generate_seq2seq_ids(model, tokenizer, sources, cfg, max_source_length=max_source_length)
     return [decode_new(tokenizer, row.tolist(), cfg) for row in new]

@@ -198,8 +198,9 @@ class Predictor:
     def generation_config(self, **options):
         """The GenerationConfig `generate` decodes with, given these options (its fields).
         A fine-tuned seq2seq model decodes as it was fine-tuned (greedy or its beams, its
-        maximum target length) where the options say nothing else, and samples when they
-        set temperature, top_k or top_p; a pretrained encoder-decoder and a causal LM start
+        maximum target length) where the options say nothing else, and samples (one beam)
+        when they set temperature, top_k or top_p (with num_beams > 1 too: refused); a
+        pretrained encoder-decoder and a causal LM start
         from GenerationConfig's defaults. Raises a ConfigError for a model that does not
         generate and for a setting it cannot use (beam search on a causal LM)."""
         from zerolm.generate import GenerationConfig
@@ -207,7 +208,12 @@ class Predictor:
 
         if self.is_seq2seq:
             if hasattr(self.task, "generation_config"):  # fine-tuned
-                sampling = any(k in options for k in ("temperature", "top_k", "top_p"))
+                sampling = [k for k in ("temperature", "top_k", "top_p") if k in options]
+                if sampling and options.get("num_beams", 1) > 1:
+                    raise ConfigError(f"num_beams {options['num_beams']} with {sampling[0]}: a beam search keeps "
+                                      "the most likely targets and does not sample; give one or the other")
+                if sampling:  # sampling replaces the fine-tuned beams
+                    options = {"num_beams": 1, **options}
                 return self.task.generation_config(**{"greedy": not sampling, **options})
             return GenerationConfig(**options)
         if family(self.model.config).objective != "clm" or not hasattr(self.model, "lm_head"):
@@ -223,9 +229,12 @@ class Predictor:
     @property
     def source_room(self) -> int:
         """Tokens of a source an encoder-decoder reads (longer ones are cut): the fine-tuned
-        task's max_length, else the model's max_seq_len."""
+        task's max_length, else the model's max_seq_len, and no more than the tokenizer's
+        limit."""
         fine_tuned = hasattr(self.task, "generation_config")
-        return self.task.max_length if fine_tuned else self.model.config.max_seq_len
+        room = self.task.max_length if fine_tuned else self.model.config.max_seq_len
+        tok_limit = self.tokenizer.model_max_length if self.tokenizer is not None else None
+        return min(room, tok_limit) if tok_limit else room
 
     def generate(self, prompts, **options) -> list[str]:
         """The text each prompt continues with (a causal LM), or the target an

@@ -44,20 +44,20 @@ def batch():
     return {"input_ids": src.masked_fill(mask == 0, 0), "attention_mask": mask, "labels": labels}
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_the_word_level_loss_equals_its_naive_form(tied):
+@pytest.mark.parametrize("tied, smoothing", [(True, 0.0), (False, 0.0), (True, 0.1)])
+def test_the_word_level_loss_equals_its_naive_form(tied, smoothing):
     teacher, student = t5(0, tie_embeddings=tied), t5(1, tie_embeddings=tied, n_layers=1, n_decoder_layers=1)
     w = DistillLossConfig(hard=0.7, soft=1.3, temperature=2.0)
     b = batch()
     t_out = DistillObjective(teacher, Seq2SeqTask(), "seq2seq", w).teacher_outputs(b)
-    total, parts = Distilled(student.train(), "seq2seq", w, [], 32)(b["input_ids"], b["attention_mask"],
-                                                                     labels=b["labels"], teacher=t_out)
+    total, parts = Distilled(student.train(), "seq2seq", w, [], 32, label_smoothing=smoothing)(
+        b["input_ids"], b["attention_mask"], labels=b["labels"], teacher=t_out)
     dec = shift_right(b["labels"], 0)
     s_logits = student(b["input_ids"], attention_mask=b["attention_mask"], decoder_input_ids=dec)
     with torch.no_grad():
         t_logits = teacher(b["input_ids"], attention_mask=b["attention_mask"], decoder_input_ids=dec)
     keep = b["labels"] != IGNORE_INDEX
-    hard = F.cross_entropy(s_logits[keep], b["labels"][keep])
+    hard = F.cross_entropy(s_logits[keep], b["labels"][keep], label_smoothing=smoothing)  # as the task trains
     T = 2.0
     soft = F.kl_div(F.log_softmax(s_logits[keep] / T, -1), F.log_softmax(t_logits[keep] / T, -1),
                     log_target=True, reduction="batchmean") * T * T
@@ -81,6 +81,9 @@ def test_a_student_copies_chosen_blocks_of_both_stacks():
                            ("body.decoder.rel_pos.weight", "body.decoder.rel_pos.weight"),
                            ("lm_head.weight", "lm_head.weight")]:
         assert torch.equal(sd[s_name], td[t_name]), s_name
+    with pytest.raises(ValueError, match="set student.n_decoder_layers to at most 3"):
+        initialise(build_model(student_config(teacher.config, {"n_layers": 2, "n_decoder_layers": 4})), teacher,
+                   "bottom")
     with pytest.raises(ValueError, match="no decoder stack"):
         student_config(build_model(ModelConfig(family="bert", vocab_size=99, d_model=32, n_layers=2, n_heads=4,
                                                d_ff=37, max_seq_len=64)).config, {"n_decoder_layers": 1})

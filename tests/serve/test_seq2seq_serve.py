@@ -67,6 +67,15 @@ def test_targets_equal_the_library(url, t5, opts):
         assert all(d["tokens"] >= 4 for d in data)
 
 
+def test_sampling_options_sample_with_one_beam(t5):
+    assert t5.generation_config(temperature=0.7).num_beams == 1
+    t5.set_decoding(num_beams=3)  # fine-tuned with beams: sampling still takes one
+    try:
+        assert t5.generation_config().num_beams == 3 and t5.generation_config(top_k=5).num_beams == 1
+    finally:
+        t5.set_decoding(num_beams=1)
+
+
 def test_sampling_with_a_seed_is_repeatable(url):
     body = {"model": "t5", "input": SOURCES[0], "temperature": 0.9, "seed": 7, "max_new_tokens": 10}
     first, again = post(url, body).json()["data"][0], post(url, body).json()["data"][0]
@@ -102,12 +111,18 @@ def test_causal_lm_answers_keep_their_shape_and_refuse_beams(url):
 def test_bad_decoding_settings_are_422_naming_the_field(url):
     r = post(url, {"model": "t5", "input": "a", "num_beams": 0})
     assert r.status_code == 422 and r.json()["error"]["field"] == "num_beams"
+    r = post(url, {"model": "t5", "input": "a", "num_beams": 9})  # over the server's limit (8)
+    assert r.status_code == 422 and "limit of 8" in r.json()["error"]["message"]
+    r = post(url, {"model": "t5", "input": "a", "num_beams": 3, "temperature": 0.7})
+    assert r.status_code == 422 and "does not sample" in r.json()["error"]["message"]
     r = post(url, {"model": "t5", "input": "a", "max_new_tokens": 100000})
     assert r.status_code == 422 and "limit" in r.json()["error"]["message"]
 
 
 def test_a_lower_server_limit_caps_the_models_own_target_length(t5):
     with live(create_app({"t5": t5}, ServeSettings(max_wait_ms=5, max_new_tokens=5))) as u:
+        card = httpx.get(u + "/v1/models").json()["data"][0]
+        assert card["decoding"]["max_new_tokens"] == 5  # what a silent request gets here
         r = post(u, {"input": SOURCES[0]})
         assert r.status_code == 200 and r.json()["data"][0]["tokens"] <= 5
         assert r.json()["data"][0]["text"] == t5.generate([SOURCES[0]], max_new_tokens=5)[0]

@@ -39,6 +39,8 @@ def register(sub) -> None:
     lim.add_argument("--max-body", type=int, default=1_000_000, help="request body bytes at most (413 beyond)")
     lim.add_argument("--max-inputs", type=int, default=256, help="texts per request at most (default 256)")
     lim.add_argument("--max-new-tokens", type=int, default=512, help="generation length a request may ask for")
+    lim.add_argument("--max-num-beams", type=int, default=8,
+                     help="beams a request may ask an encoder-decoder for (each beam costs a batch row)")
     lim.add_argument("--no-truncate", action="store_true",
                      help="answer 422 for an input over the model's length instead of truncating it")
     a = p.add_argument_group("assistant (POST /v1/assist: see zerolm.assistant and examples/assistant)")
@@ -101,7 +103,7 @@ def run(args) -> int:
     settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                              max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue,
                              timeout_s=args.timeout, max_body=args.max_body, max_inputs=args.max_inputs,
-                             max_new_tokens=args.max_new_tokens, truncate=not args.no_truncate,
+                             max_new_tokens=args.max_new_tokens, max_num_beams=args.max_num_beams, truncate=not args.no_truncate,
                              api_key=args.api_key, cors=tuple(args.cors), threads=args.threads,
                              assistant=_assistant(args), faq_index=args.faq_index,
                              min_faq_score=args.min_faq_score)

@@ -97,10 +97,11 @@ class Distilled(nn.Module):
     of the loss (in forward). Without `teacher`, forward is the student's own."""
 
     def __init__(self, student: nn.Module, kind: str, weights, layer_map: list[int], teacher_width: int,
-                 task_weights: tuple[float, float] = (1.0, 1.0)):
+                 task_weights: tuple[float, float] = (1.0, 1.0), label_smoothing: float = 0.0):
         super().__init__()
         self.student = student
         self.task_weights = task_weights  # intent_slots: (intent, slot) weights of the task's loss
+        self.label_smoothing = label_smoothing  # seq2seq: the task's, in the hard loss
         self.config = student.config
         self.kind, self.w, self.layer_map = kind, weights, list(layer_map)
         Ds, L = student.config.d_model, student.config.n_layers
@@ -186,12 +187,16 @@ class Distilled(nn.Module):
 
     def _seq2seq(self, input_ids, attention_mask, labels, teacher: dict[str, Any]):
         """An encoder-decoder student on the target tokens (teacher forcing): the labels'
-        cross-entropy (hard) and the teacher's next-token distributions (soft)."""
+        cross-entropy with the task's label smoothing (hard) and the teacher's next-token
+        distributions (soft)."""
         w, student = self.w, self.student
         h = student.head_input(student.decoder_states(input_ids, attention_mask, labels))  # (B, T, D)
         head = student.lm_head.weight  # (V, D)
         losses: dict[str, torch.Tensor] = {}
-        if w.hard:
+        if w.hard and self.label_smoothing > 0:  # as the task trains: smoothing needs every logit
+            losses["hard"] = F.cross_entropy(F.linear(h, head).flatten(0, 1).float(), labels.flatten(),
+                                             ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing)
+        elif w.hard:
             losses["hard"] = linear_cross_entropy(h.flatten(0, 1), head, labels.flatten(), IGNORE_INDEX)
         if w.soft:
             losses["soft"] = chunked_lm_kl(h, head, teacher["hidden"], teacher["head_weight"], temperature=w.temperature,

@@ -13,7 +13,7 @@ import logging
 import torch
 from torch import nn
 
-from zerolm.models import ModelConfig, body_of, build_model
+from zerolm.models import ModelConfig, body_of, build_model, family
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,10 @@ def student_config(teacher: ModelConfig, shape: dict[str, int]) -> ModelConfig:
     """The teacher's config with the student's shape (a 0 keeps the teacher's value);
     per-layer shapes and head sizes of the teacher are not carried over."""
     over = {k: v for k, v in shape.items() if k in SHAPE_KEYS and v}
-    if over.get("n_decoder_layers") and teacher.family != "t5":
+    encoder_decoder = family(teacher).encoder_decoder
+    if over.get("n_decoder_layers") and not encoder_decoder:
         raise ValueError(f"student.n_decoder_layers: the teacher ({teacher.family}) has no decoder stack")
-    if teacher.family == "t5":  # 0: as many decoder blocks as the student's encoder has
+    if encoder_decoder:  # 0: as many decoder blocks as the student's encoder has
         over.setdefault("n_decoder_layers", over.get("n_layers", teacher.n_layers))
     cfg = dataclasses.replace(teacher, layers=[], head_dim=0, **over)
     if cfg.d_model % cfg.n_heads:
@@ -78,9 +79,10 @@ def initialise(student: nn.Module, teacher: nn.Module, how: str, layers: list[in
     else:
         raise ValueError(f"student.init must be teacher_layers, bottom, teacher_embeddings, teacher_pruned, random "
                          f"or a model directory, got {how!r}")
-    if len(chosen_dec) != Ls_dec:
+    if len(chosen_dec) != Ls_dec or Ls_dec > Lt_dec:
         raise ValueError(f"student.init {how}: the student's decoder has {Ls_dec} blocks, the teacher's {Lt_dec}; "
-                         "a student copies no more blocks than the teacher has")
+                         "a student copies no more blocks than the teacher has (set student.n_decoder_layers "
+                         f"to at most {Lt_dec})")
     t_sd = teacher.state_dict()
     copied = 0
     with torch.no_grad():

@@ -31,12 +31,13 @@ class FamilySpec:
     # model.layers describes every block's shape, so transforms that change shapes (head
     # and FFN pruning, low-rank) can record them; t5's decoder blocks have no entry there
     layer_shapes: bool = True
+    encoder_decoder: bool = False  # a decoder stack beside the encoder (model.n_decoder_layers)
 
 
 FAMILIES: dict[str, FamilySpec] = {
     "bert": FamilySpec(Bert, BertForPreTraining, "mlm"),
     "gpt": FamilySpec(GPT, CausalLM, "clm"),
-    "t5": FamilySpec(T5, Seq2SeqLM, "span", layer_shapes=False),
+    "t5": FamilySpec(T5, Seq2SeqLM, "span", layer_shapes=False, encoder_decoder=True),
 }
 assert set(FAMILIES) == set(_FAMILY_NAMES), "models/config.py FAMILIES must list the registry's families"
 

@@ -132,7 +132,7 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None) ->
 
     @app.get("/v1/models", response_model=S.ModelList, response_model_exclude_none=True, tags=["models"])
     async def list_models():
-        out = {"object": "list", "data": [ep.describe() for ep in srv.endpoints.values()]}
+        out = {"object": "list", "data": [ep.describe(settings) for ep in srv.endpoints.values()]}
         if settings.assistant is not None:
             out["assistant"] = {"joint": settings.assistant[0], "oos": settings.assistant[1],
                                 "faq_index": settings.faq_index}
@@ -216,7 +216,8 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None) ->
     @app.post("/v1/generate", response_model=S.GenerateResponse, response_model_exclude_none=True, tags=["models"],
               responses={200: {"content": {"text/event-stream": {}}}})
     async def generate(req: S.GenerateRequest):
-        """Continuations of the prompts; with "stream": true, server-sent events
+        """Continuations of the prompts (a causal LM), or the target of each input (an
+        encoder-decoder); with "stream": true, server-sent events
         `{"index", "text"}` as tokens come, `{"index", "text", "finish_reason"}` at each
         text's end, then `[DONE]`."""
         ep = srv.endpoint(req.model, "generate", "/v1/generate")
@@ -232,11 +233,14 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None) ->
             field = str(e).split(" ", 1)[0]
             field = field if field in options else next((k for k in options if k in str(e)), None)
             raise ServeError(422, str(e), field=field) from None
+        if cfg.num_beams > settings.max_num_beams:
+            raise ServeError(422, f"num_beams: {cfg.num_beams} is more than this server's limit of "
+                                  f"{settings.max_num_beams}", field="num_beams")
         if cfg.max_new_tokens > settings.max_new_tokens:  # the model's own default, over the server's limit
             cfg = dataclasses.replace(cfg, max_new_tokens=settings.max_new_tokens)
         group = generation_group(cfg)
         texts, counts, cut = srv.texts(ep, req.input)
-        lengths = [n + cfg.max_new_tokens for n in counts]
+        lengths = [(n + cfg.max_new_tokens) * cfg.num_beams for n in counts]  # a beam search runs K rows each
         cut = cut if ep.seq2seq else [None] * len(texts)
         if not req.stream:
             results = await srv.wait(srv.submit(ep, group, texts, lengths))

@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from zerolm.data.pairs import encode_sources
 from zerolm.generate import (
     GenerationConfig,
     decode_new,
     encode_prompts,
     generate_ids,
-    generate_seq2seq,
+    generate_seq2seq_ids,
 )
 from zerolm.loading import Predictor
 from zerolm.models import family
@@ -55,12 +54,15 @@ class Endpoint:
         names = getattr(pred.task, "label_names", None) or getattr(pred.task, "intent_names", None)  # intent_slots
         self.labels = list(names or []) if self.kind in TASK_KINDS else []
         cfg = pred.model.config
-        task_limit = (getattr(pred.task, "max_length", None) if self.kind in TASK_KINDS
-                      else pred.source_room if self.seq2seq else None)
-        tok_limit = self.tokenizer.model_max_length if self.tokenizer is not None else None
-        self.max_length = min(x for x in (task_limit, tok_limit, cfg.max_seq_len) if x)
+        if self.seq2seq:
+            self.max_length = pred.source_room
+        else:
+            task_limit = getattr(pred.task, "max_length", None) if self.kind in TASK_KINDS else None
+            tok_limit = self.tokenizer.model_max_length if self.tokenizer is not None else None
+            self.max_length = min(x for x in (task_limit, tok_limit, cfg.max_seq_len) if x)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, settings=None) -> dict[str, Any]:
+        """The model card of /v1/models; `settings` (ServeSettings) caps the decoding shown."""
         out = {"id": self.name, "object": "model", "owned_by": "zerolm", "kind": self.kind,
                "routes": [ROUTES[w] for w in self.works], "max_length": self.max_length,
                "family": self.pred.model.config.family}
@@ -70,6 +72,8 @@ class Endpoint:
             cfg = self.pred.generation_config()
             out["decoding"] = {k: getattr(cfg, k) for k in ("num_beams", "length_penalty", "no_repeat_ngram_size",
                                                             "max_new_tokens", "greedy")}
+            if settings is not None:  # what a silent request gets: capped by the server's limit
+                out["decoding"]["max_new_tokens"] = min(cfg.max_new_tokens, settings.max_new_tokens)
         return out
 
     @property
@@ -115,10 +119,8 @@ class Endpoint:
 
         pad = tok.pad_id if tok.pad_id is not None else 0
         if self.seq2seq:
-            ids, _ = encode_sources(tok, texts, self.max_length)
-            b = tok.pad(ids)
-            new = generate_seq2seq(self.pred.model, b["input_ids"], cfg, attention_mask=b["attention_mask"],
-                                   eos_id=tok.eos_id, pad_id=pad, tokenizer=tok, on_step=on_step)
+            new = generate_seq2seq_ids(self.pred.model, tok, texts, cfg, max_source_length=self.max_length,
+                                       on_step=on_step)
         else:
             ids, mask = encode_prompts(tok, texts)
             new = generate_ids(self.pred.model, ids, cfg, attention_mask=mask, eos_id=tok.eos_id, pad_id=pad,

@@ -34,6 +34,7 @@ class ServeSettings:
     max_body: int = 1_000_000  # request body bytes at most; beyond, 413
     max_inputs: int = 256  # texts per request at most
     max_new_tokens: int = 512  # generation length a request may ask for at most
+    max_num_beams: int = 8  # beams a request may ask an encoder-decoder for at most (each costs a row)
     truncate: bool = True  # cut over-long inputs (and say so) instead of answering 422
     api_key: str | None = None  # when set, every route but /healthz and the page needs it
     cors: tuple[str, ...] = ()  # origins allowed to call from a browser (none: CORS off)
@@ -45,7 +46,8 @@ class ServeSettings:
     min_faq_score: float = 0.6
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_batch_tokens", "max_queue", "max_body", "max_inputs", "max_new_tokens"):
+        for name in ("max_batch_size", "max_batch_tokens", "max_queue", "max_body", "max_inputs", "max_new_tokens",
+                     "max_num_beams"):
             if getattr(self, name) < 1:
                 raise ZeroLMError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.timeout_s <= 0:

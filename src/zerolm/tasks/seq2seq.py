@@ -105,7 +105,8 @@ class Seq2SeqTask(TaskDefaults, TargetLossTask):
         return {"source_column": d.source_column, "target_column": d.target_column,
                 "max_target_length": d.max_target_length, "num_beams": t.num_beams,
                 "length_penalty": t.length_penalty, "no_repeat_ngram_size": t.no_repeat_ngram_size,
-                "max_new_tokens": t.max_new_tokens}
+                "max_new_tokens": t.max_new_tokens,
+                "label_smoothing": t.label_smoothing}  # how it trained: a distillation's hard loss uses it too
 
     @classmethod
     def setup(cls, cfg, body, tokenizer, *, max_length: int, micro_per_step: int = 1) -> FinetuneSetup:
@@ -117,15 +118,15 @@ class Seq2SeqTask(TaskDefaults, TargetLossTask):
               "seed": tr.seed}
         train_data = PairBatches(read_pairs(d.train, **cols), tokenizer, micro_per_step=micro_per_step, **kw)
         dev_data = PairBatches(read_pairs(d.dev, **cols), tokenizer, **kw)
-        task = cls(tokenizer, max_length=max_length, label_smoothing=cfg.task.label_smoothing,
-                   eval_generate=cfg.task.eval_generate, **settings)
+        task = cls(tokenizer, max_length=max_length, eval_generate=cfg.task.eval_generate, **settings)
         meta = {"task": cls.name, "max_length": max_length, **settings}
         return FinetuneSetup(model, task, train_data, dev_data, meta,
                              truncated=train_data.truncated)
 
     @classmethod
     def from_meta(cls, meta: dict, body, tokenizer):
-        keys = ("source_column", "target_column", "max_target_length", "max_length", *GENERATION_KEYS)
+        keys = ("source_column", "target_column", "max_target_length", "max_length", "label_smoothing",
+                *GENERATION_KEYS)
         return _seq2seq(body), cls(tokenizer, **{k: meta[k] for k in keys if k in meta})
 
     def read_inputs(self, path):

@@ -286,7 +286,8 @@ def _task_stage(cfg: DistillConfig, teacher, device, resume, out: Path, init: st
     tr = dataclasses.replace(tr, max_steps=steps)
     cfg = dataclasses.replace(cfg, train=tr)
     model = Distilled(student, kind, w, lmap, t_body.config.d_model,
-                      (getattr(task, "intent_weight", 1.0), getattr(task, "slot_weight", 1.0)))
+                      (getattr(task, "intent_weight", 1.0), getattr(task, "slot_weight", 1.0)),
+                      getattr(task, "label_smoothing", 0.0))
     objective = DistillObjective(teacher.model, task, kind, w)
     meta = {**teacher.meta, "strategy": {"name": "full"}, "distilled_from": str(cfg.teacher)} if teacher.meta else None
     trainer = Trainer(model, objective, train_data, val_data=dev_data, train=tr, optim=cfg.optim,

@@ -308,7 +308,8 @@ function onModelChange() {
     const d = model.decoding;
     el.numBeams.value = String(d.num_beams);
     el.maxNewTokens.value = String(d.max_new_tokens);
-    facts.push(`decoding: ${d.num_beams > 1 ? `${d.num_beams} beams` : "greedy"}, up to ${d.max_new_tokens} tokens`);
+    const how = d.num_beams > 1 ? `${d.num_beams} beams` : d.greedy ? "greedy" : "sampling";
+    facts.push(`decoding: ${how}, up to ${d.max_new_tokens} tokens`);
   }
   el.modelInfo.textContent = facts.join(" · ");
   onTaskChange();
