@@ -67,7 +67,8 @@ def test_pretrain_cli_passes_resume_and_overwrite(monkeypatch, tmp_path, capsys)
     def fake_pretrain(cfg, **kw):
         calls.append((cfg, kw))
         return SimpleNamespace(step=3, wall_s=0.1, tokens=10, stopped_early=False, final_eval={"loss": 2.5},
-                               out_dir=Path(cfg.out_dir), interrupted=len(calls) == 3, train_s=0.1)
+                               out_dir=Path(cfg.out_dir), interrupted=len(calls) == 3, train_s=0.1,
+                               fit_train_s=0.1)
 
     monkeypatch.setattr(pretrain_mod, "pretrain", fake_pretrain)
     assert main(["pretrain", GPT_CHAR, "--overwrite", f"out_dir={tmp_path}",

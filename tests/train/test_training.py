@@ -54,6 +54,11 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
     assert _losses(full.out_dir) == _losses(resumed.out_dir)
+    # the resumed run's step time goes on from the checkpoint's, as its steps and tokens do
+    assert 0 < first.train_s == first.fit_train_s and 0 < resumed.fit_train_s < resumed.train_s
+    assert resumed.train_s == pytest.approx(first.train_s + resumed.fit_train_s, abs=1e-6)
+    rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_s"] for r in rows if "train_s" in r] == sorted(r["train_s"] for r in rows if "train_s" in r)
 
 
 def test_checkpoint_files_are_safetensors_and_json(tmp_path):

@@ -34,7 +34,7 @@ def run(args) -> int:
                   f"a resumable checkpoint was saved: continue with --resume")
             if ev:
                 print(f"last validation before the interruption (not a final result): {ev}")
-        elif result.train_s == 0 and result.step >= cfg.train.max_steps:
+        elif result.fit_train_s == 0 and result.step >= cfg.train.max_steps:
             print(f"the run had already finished at step {result.step}: nothing to train (raise "
                   "train.max_steps to train on)")
         else:

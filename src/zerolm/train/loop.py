@@ -9,7 +9,8 @@ finished run keeps on disk.
 
 Time is counted two ways: `wall_s` is the whole of `fit`; `train_s` only the training
 steps, so tokens/s (and any samples/s derived from a result) does not fall when
-evaluation or checkpoint writing takes long.
+evaluation or checkpoint writing takes long. `train_s` is the run's: a checkpoint keeps
+it and a resumed run goes on counting from there, as its step and tokens do.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_step: int | None = None  # the step saved in best/ (None: no evaluation ran)
     interrupted: bool = False  # stopped by Ctrl-C, SIGTERM or request_stop: resumable
-    train_s: float = 0.0  # seconds spent in training steps only (what tokens/s divides by)
+    train_s: float = 0.0  # seconds in training steps only, the whole run's (across resumes)
+    fit_train_s: float = 0.0  # the part of train_s spent in this fit (0: it had nothing to train)
 
 
 @dataclass
@@ -135,7 +137,7 @@ class Trainer:
         self.best_step: int | None = None  # the step whose weights are in best/
         self.bad_evals = 0
         self.tokens_seen = 0
-        self.train_s = 0.0  # training-step seconds in this fit
+        self.train_s = 0.0  # training-step seconds of the run (restored on resume)
         self._window_s, self._window_tokens = 0.0, 0  # the current log window (training time only)
         self._best_tps = 0.0
         self._warned_slow = False
@@ -197,7 +199,8 @@ class Trainer:
         autocast = self._autocast()
         progress = self._progress(main)
         start_step, start_time = self.step, time.perf_counter()
-        self.train_s, self._window_s, self._window_tokens = 0.0, 0.0, 0
+        start_train_s = self.train_s  # 0, or what the run had trained before this resume
+        self._window_s, self._window_tokens = 0.0, 0
         stopped_early = interrupted = False
         report: dict[str, Any] = {}
         old_handlers = self._install_signal_handlers()
@@ -241,7 +244,7 @@ class Trainer:
         self._finish(status, wall)
         return TrainResult(self.step, stopped_early, self.best, report, self.out_dir, wall,
                            self.tokens_seen, best_step=self.best_step, interrupted=interrupted,
-                           train_s=self.train_s)
+                           train_s=self.train_s, fit_train_s=self.train_s - start_train_s)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
@@ -262,7 +265,7 @@ class Trainer:
         """A resumable checkpoint of this step; older ones beyond train.keep_checkpoints go."""
         if dist.is_main():
             state = {"step": self.step, "best": self.best, "best_step": self.best_step,
-                     "bad_evals": self.bad_evals, "tokens": self.tokens_seen}
+                     "bad_evals": self.bad_evals, "tokens": self.tokens_seen, "train_s": self.train_s}
             path = self.checkpoint_dir / f"step-{self.step:08d}"
             save_checkpoint(path, self.model, self.optimizer, state, self.config_text,
                             self.tokenizer, self.extra_files)
@@ -446,6 +449,7 @@ class Trainer:
         self.best_step = state.get("best_step")
         self.bad_evals = state.get("bad_evals", 0)
         self.tokens_seen = state.get("tokens", 0)
+        self.train_s = state.get("train_s", 0.0)  # 0 for a checkpoint written before it was kept
         self._truncate_metrics(self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
