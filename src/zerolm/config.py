@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from zerolm.errors import ConfigError
-from zerolm.models.config import ModelConfig
+from zerolm.models.config import FAMILIES, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +139,11 @@ class RunConfig:
         m, d, t = self.model, self.data, self.task
         if d.block_size > m.max_seq_len:
             raise ConfigError(f"data.block_size ({d.block_size}) exceeds model.max_seq_len ({m.max_seq_len})")
-        if t.name == "clm" and m.family != "gpt":
-            raise ConfigError("task.name 'clm' needs model.family 'gpt'")
-        if t.name == "mlm" and m.family != "bert":
-            raise ConfigError("task.name 'mlm' needs model.family 'bert'")
-        if t.name == "span" and m.family != "t5":
-            raise ConfigError("task.name 'span' (span corruption) needs model.family 't5'")
-        if m.family == "t5" and t.name != "span":
-            raise ConfigError(f"model.family 't5' pretrains with task.name 'span', got {t.name!r}")
+        if t.name != FAMILIES[m.family]:  # each family pretrains with its own objective
+            trains = [f for f, objective in FAMILIES.items() if objective == t.name]
+            raise ConfigError(f"task.name {t.name!r} needs model.family {trains[0]!r}" if trains else
+                              f"model.family {m.family!r} pretrains with task.name {FAMILIES[m.family]!r}, "
+                              f"got {t.name!r}")
         if t.sentence_objective != "none" and not m.sentence_head:
             raise ConfigError(f"task.sentence_objective '{t.sentence_objective}' needs model.sentence_head: true")
         if not 0 < t.mlm_probability < 1 or t.mask_replace + t.random_replace > 1:

@@ -39,7 +39,8 @@ FAMILIES: dict[str, FamilySpec] = {
     "gpt": FamilySpec(GPT, CausalLM, "clm"),
     "t5": FamilySpec(T5, Seq2SeqLM, "span", layer_shapes=False, encoder_decoder=True),
 }
-assert set(FAMILIES) == set(_FAMILY_NAMES), "models/config.py FAMILIES must list the registry's families"
+assert {k: v.objective for k, v in FAMILIES.items()} == _FAMILY_NAMES, \
+    "models/config.py FAMILIES must list the registry's families and their objectives"
 
 
 def family(cfg: ModelConfig) -> FamilySpec:

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Family = Literal["bert", "gpt", "t5"]
-FAMILIES = ("bert", "gpt", "t5")  # the registry in zerolm.models maps each to its classes
+# each family and the pretraining task that trains it (the registry in zerolm.models maps
+# each to its classes; configs check a pretraining run against this without importing torch)
+FAMILIES = {"bert": "mlm", "gpt": "clm", "t5": "span"}
 
 # the linears of a block that a low-rank factorisation may replace (keys of LayerShape.ranks)
 FACTORISABLE = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc_in", "mlp.fc_gate",

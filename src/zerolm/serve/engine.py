@@ -61,7 +61,7 @@ class Endpoint:
             tok_limit = self.tokenizer.model_max_length if self.tokenizer is not None else None
             self.max_length = min(x for x in (task_limit, tok_limit, cfg.max_seq_len) if x)
 
-    def describe(self, settings=None) -> dict[str, Any]:
+    def describe(self, settings) -> dict[str, Any]:
         """The model card of /v1/models; `settings` (ServeSettings) caps the decoding shown."""
         out = {"id": self.name, "object": "model", "owned_by": "zerolm", "kind": self.kind,
                "routes": [ROUTES[w] for w in self.works], "max_length": self.max_length,
@@ -72,8 +72,8 @@ class Endpoint:
             cfg = self.pred.generation_config()
             out["decoding"] = {k: getattr(cfg, k) for k in ("num_beams", "length_penalty", "no_repeat_ngram_size",
                                                             "max_new_tokens", "greedy")}
-            if settings is not None:  # what a silent request gets: capped by the server's limit
-                out["decoding"]["max_new_tokens"] = min(cfg.max_new_tokens, settings.max_new_tokens)
+            # what a silent request gets: capped by the server's limit
+            out["decoding"]["max_new_tokens"] = min(cfg.max_new_tokens, settings.max_new_tokens)
         return out
 
     @property
